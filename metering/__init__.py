@@ -1,0 +1,1 @@
+"""Shared code of the metering services: contracts' companions, the pure core, adapters, CLI."""

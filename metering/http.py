@@ -1,0 +1,79 @@
+"""What every service's HTTP API has: `/healthz`, `/readyz`, `/metrics`, problem+json errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+PROBLEM_JSON = "application/problem+json"
+
+
+class Readiness:
+    """Named checks that must all pass before the service takes traffic."""
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self._checks: dict[str, ReadinessCheck] = {}
+        self._timeout = timeout
+
+    def add(self, name: str, check: ReadinessCheck) -> None:
+        self._checks[name] = check
+
+    async def report(self) -> dict[str, bool]:
+        """Each check's result; a check that raises or times out counts as not ready."""
+        names = list(self._checks)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self._checks[n](), self._timeout) for n in names),
+            return_exceptions=True,
+        )
+        return {n: r is True for n, r in zip(names, results, strict=True)}
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem+json answer."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+async def _validation_problem(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+        for e in error.errors()
+    ]
+    fields = ", ".join(e["field"] or "body" for e in errors)
+    return problem(422, "Invalid request", f"invalid fields: {fields}", errors=errors)
+
+
+def create_app(
+    service: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    readiness: Readiness,
+    version: str = "0.1.0",
+) -> FastAPI:
+    """A FastAPI app with the endpoints every service shares."""
+    app = FastAPI(title=f"metering {service}", version=version, lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _validation_problem)
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["operations"], summary="Broker, database and consumers are ready")
+    async def readyz() -> JSONResponse:
+        checks = await readiness.report()
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

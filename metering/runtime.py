@@ -1,0 +1,99 @@
+"""The adapters one service process holds, and their lifecycle and readiness.
+
+A service builds one `ServiceRuntime`, registers its subscribers on `runtime.broker`, and hands
+`runtime.lifespan` to its HTTP app. Start-up migrates the database, opens the pool and starts
+the broker; shutdown (SIGTERM through uvicorn) stops the subscribers first, letting the batch
+in hand finish, then closes the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import FastAPI
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+
+from metering.db import create_pool, migrate_url
+from metering.http import Readiness
+from metering.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds a stopping subscriber may spend finishing the message or batch in hand.
+GRACEFUL_TIMEOUT = 20.0
+
+
+class ServiceRuntime:
+    """Settings, a Kafka broker (producer and subscribers) and a PostgreSQL pool."""
+
+    def __init__(self, service: str, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap_servers,
+            client_id=f"metering-{service}",
+            acks="all",
+            allow_auto_create_topics=False,
+            graceful_timeout=GRACEFUL_TIMEOUT,
+            logger=logging.getLogger("metering.kafka"),
+            log_level=logging.DEBUG,
+        )
+        self._pool: asyncpg.Pool | None = None
+        self.readiness = Readiness()
+        self.readiness.add("database", self._database_answers)
+        self.readiness.add("broker", self._broker_answers)
+        self.readiness.add("consumers", self._consumers_assigned)
+
+    def batch_subscriber(self, topic: str, group_id: str) -> BatchSubscriber:
+        """A consumer-group member reading `topic` in batches from the earliest offset."""
+        return self.broker.subscriber(
+            topic,
+            group_id=group_id,
+            batch=True,
+            max_records=1000,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            ack_policy=AckPolicy.ACK,
+        )
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the database pool is used before the service started")
+        return self._pool
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        applied = await migrate_url(self.settings.database_url)
+        if applied:
+            log.info("migrations applied", extra={"migrations": applied})
+        self._pool = await create_pool(self.settings.database_url)
+        try:
+            await self.broker.start()
+            log.info("service started", extra={"port": self.settings.http_port})
+            yield
+        finally:
+            log.info("service stopping: finishing work in hand")
+            await self.broker.stop()
+            await self._pool.close()
+            self._pool = None
+            log.info("service stopped")
+
+    async def _database_answers(self) -> bool:
+        return self._pool is not None and await self._pool.fetchval("SELECT 1") == 1
+
+    async def _broker_answers(self) -> bool:
+        return await self.broker.ping(timeout=1.0)
+
+    async def _consumers_assigned(self) -> bool:
+        """Every subscriber has joined its group and holds at least one partition."""
+        return all(
+            sub.consumer is not None and bool(sub.consumer.assignment())  # type: ignore[attr-defined]
+            for sub in self.broker.subscribers
+        )

@@ -1,0 +1,73 @@
+"""Settings every service reads from the environment (pydantic-settings).
+
+The names are the public contract (contract.md, "Processes and settings"); a bad value fails
+at start with the variable named and what would be accepted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_RATE_CARD = Path(__file__).parent / "ratecards" / "default.yaml"
+
+
+class Settings(BaseSettings):
+    """What a service needs to run; every field is an environment variable of the same name."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]"
+    )
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres", description="PostgreSQL URL"
+    )
+    rate_card_path: Path = Field(DEFAULT_RATE_CARD, description="YAML rate card in force")
+    http_port: int = Field(8000, ge=1, le=65535, description="port of the HTTP API")
+    http_host: str = Field("127.0.0.1", description="interface the HTTP API listens on")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metering_admin_token: SecretStr | None = Field(
+        None, description="bearer token for the write and read APIs"
+    )
+    events_partitions: int = Field(6, ge=1, description="partitions of metering.events.v1")
+    topic_replication_factor: int = Field(1, ge=1, description="replication of created topics")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://user@host/db)")
+        return value
+
+
+class SettingsError(SystemExit):
+    """Raised (as a clean exit) when the environment holds a bad setting."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one readable message per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        ]
+        raise SettingsError("bad settings in the environment:\n" + "\n".join(lines)) from None

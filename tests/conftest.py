@@ -1,0 +1,56 @@
+"""Fixtures shared by every test layer.
+
+The integration stack is session-scoped: one real broker and one real database for the whole
+run (external, container or embedded, in the stack starter's order), stopped at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from metering.dev import SERVICES, run_services, wait_until_ready
+from metering.processes import free_port
+from metering.stack import Stack, start_stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("run")
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free right now."""
+    while True:
+        base = free_port()
+        if base + count <= 65535 and all(_bindable(base + i) for i in range(1, count)):
+            return base
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture(scope="session")
+def services(stack: Stack, state_dir: Path) -> Iterator[dict[str, str]]:
+    """The three services, running as real processes against the session stack: name → URL."""
+    with run_services(stack, state_dir, ADMIN_TOKEN, free_port_run(len(SERVICES))) as running:
+        wait_until_ready(running)
+        yield {service.name: service.url for service in running}
