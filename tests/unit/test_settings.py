@@ -25,7 +25,7 @@ def test_reads_the_contract_variables(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "KAFKA_BOOTSTRAP_SERVERS: Value error, 'localhost'"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "KAFKA_BOOTSTRAP_SERVERS: Value error, 'local"),
         ("DATABASE_URL", "mysql://x", "DATABASE_URL: Value error, must start with postgresql://"),
         ("HTTP_PORT", "seventy", "HTTP_PORT: Input should be a valid integer"),
         ("HTTP_PORT", "70000", "HTTP_PORT: Input should be less than or equal to 65535"),

@@ -1,0 +1,111 @@
+"""Pricing one request under one rate card model, in exact integer arithmetic.
+
+Each component's exact cost is ``quantity * rate * coefficient``; it is rounded to the
+card's unit (0.01 credit = 10,000 micro by default) and the price is the sum of the rounded
+components. The seed example: qwen3.6-plus, 8,349 input, 40,794 cached and 573 output tokens
+costs 1.67 + 0.82 + 0.69 = 3.18 credits.
+"""
+
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol
+
+from metering.core.ratecard import ModelRates, RoundingMode, TokenRates
+from schemas.results import ComponentName, PriceComponent
+
+_PER_MILLION_TOKENS = 10**12
+"""Denominator of tokens * (micro-credits per million tokens) * (coefficient millionths)."""
+_PER_ITEM = 10**6
+"""Denominator of items * (micro-credits per item) * (coefficient millionths)."""
+
+
+class PricedUsage(Protocol):
+    """The fields of a usage that set its price (a ``UsageRecorded`` or a quote request)."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def thinking(self) -> bool: ...
+    @property
+    def tool_calls(self) -> Mapping[str, int]: ...
+    @property
+    def images(self) -> int: ...
+
+
+class UnpriceableUsage(ValueError):
+    """The usage has a part its model cannot price (images on a text model)."""
+
+
+class Quote(NamedTuple):
+    model: str
+    rate_card_version: str
+    coefficient: str
+    components: list[PriceComponent]
+    total_micro: int
+
+
+def price(model: ModelRates, usage: PricedUsage) -> Quote:
+    """Price ``usage`` under ``model``'s rates; parts with a zero quantity are left out.
+
+    Image models are priced per image (their token counts are recorded, not priced);
+    tool calls are priced for every model.
+    """
+    components: list[PriceComponent] = []
+    rates = model.rates
+    if isinstance(rates, TokenRates):
+        if usage.images:
+            raise UnpriceableUsage(f"{model.model} is a text model and cannot price images")
+        output_name: ComponentName = "thinking" if usage.thinking else "output"
+        output_rate = (
+            rates.thinking_output_per_million_micro
+            if usage.thinking
+            else rates.output_per_million_micro
+        )
+        parts: tuple[tuple[ComponentName, int, int], ...] = (
+            ("input", usage.input_tokens, rates.input_per_million_micro),
+            ("cached", usage.cached_tokens, rates.cached_per_million_micro),
+            (output_name, usage.output_tokens, output_rate),
+        )
+        for name, quantity, rate in parts:
+            if quantity:
+                components.append(
+                    _component(model, name, quantity, quantity * rate, _PER_MILLION_TOKENS)
+                )
+    elif usage.images:
+        cost = usage.images * rates.per_image_micro
+        components.append(_component(model, "images", usage.images, cost, _PER_ITEM))
+
+    calls = sum(usage.tool_calls.values())
+    if calls:
+        fees = model.tool_call_fees_micro
+        default = fees["default"]
+        cost = sum(n * fees.get(tool, default) for tool, n in usage.tool_calls.items())
+        components.append(_component(model, "tools", calls, cost, _PER_ITEM))
+
+    total = sum(c["credits_micro"] for c in components)
+    return Quote(model.model, model.version, model.coefficient, components, total)
+
+
+def _component(
+    model: ModelRates, name: ComponentName, quantity: int, cost: int, denominator: int
+) -> PriceComponent:
+    """One component: ``cost / denominator`` micro-credits * coefficient, rounded to the unit."""
+    unit = model.rounding.unit_micro
+    units = _round(cost * model.coefficient_millionths, denominator * unit, model.rounding.mode)
+    return {"name": name, "quantity": quantity, "credits_micro": units * unit}
+
+
+def _round(numerator: int, denominator: int, mode: RoundingMode) -> int:
+    """``numerator / denominator`` rounded to an integer by ``mode`` (both non-negative)."""
+    quotient, remainder = divmod(numerator, denominator)
+    if not remainder or mode == "down":
+        return quotient
+    if mode == "up":
+        return quotient + 1
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and (mode == "half_up" or quotient % 2)):
+        return quotient + 1
+    return quotient

@@ -1,0 +1,300 @@
+"""The per-account state the fold keeps, and the questions it answers about a point in time.
+
+Everything time-dependent is evaluated lazily at a given instant: a seat month that has
+rolled over has its fresh quota, a pack past its expiry counts zero. The state is plain
+mutable slots dataclasses (the fold mutates it in place for speed); ``snapshot()`` copies
+it for rollback and ``to_dict()``/``from_dict()`` persist it as JSON-able data.
+"""
+
+import copy
+from bisect import insort
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from metering.core.calendar import month_bounds, month_index_containing
+from metering.core.catalog import PACK_CREDITS_MICRO, TIER_QUOTA_MICRO
+from schemas.base import Tier
+from schemas.results import SeatStatus, SeatStatusReason
+
+STATE_FORMAT = 1
+"""Version of the ``to_dict`` layout."""
+
+SubscriptionStatus = Literal["active", "not_started", "cancelled", "expired"]
+
+
+@dataclass(slots=True)
+class Pack:
+    pack_id: str
+    purchased_at: datetime
+    expires_at: datetime
+    used_micro: int = 0
+    expired: bool = False
+    """Its expiry was noticed and reported; what was unused is gone for good."""
+
+    def valid_at(self, t: datetime) -> bool:
+        return not self.expired and self.purchased_at <= t < self.expires_at
+
+    @property
+    def remaining_micro(self) -> int:
+        return PACK_CREDITS_MICRO - self.used_micro
+
+    def order(self) -> tuple[datetime, datetime, str]:
+        """Deduction order: soonest expiry, then earliest purchase, then pack id."""
+        return self.expires_at, self.purchased_at, self.pack_id
+
+
+@dataclass(slots=True)
+class Seat:
+    seat_id: str
+    member: str
+    added_at: datetime
+    tiers: list[tuple[int, Tier]]
+    """``(first month index, tier)`` ascending: the tier of each subscription month."""
+    used_micro: dict[int, int] = field(default_factory=dict)
+    """Credits drawn from the seat quota, by subscription month index."""
+    removed_at: datetime | None = None
+    status: SeatStatus | None = None
+    """The status last published for the seat."""
+
+    def tier_in(self, month: int) -> Tier:
+        for first, tier in reversed(self.tiers):
+            if first <= month:
+                return tier
+        return self.tiers[0][1]
+
+    def remaining_in(self, month: int) -> int:
+        return max(0, TIER_QUOTA_MICRO[self.tier_in(month)] - self.used_micro.get(month, 0))
+
+    def active_at(self, t: datetime) -> bool:
+        return self.added_at <= t and (self.removed_at is None or t < self.removed_at)
+
+
+@dataclass(slots=True)
+class Subscription:
+    subscription_id: str
+    started_at: datetime
+    expires_at: datetime | None
+    cancelled_at: datetime | None = None
+    seats: dict[str, Seat] = field(default_factory=dict)
+    packs: list[Pack] = field(default_factory=list)
+    """Kept in deduction order (``Pack.order``)."""
+    _month: tuple[int, datetime, datetime] = field(
+        default=(0, datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)),
+        compare=False,
+        repr=False,
+    )
+    """Cache of the last month looked up; not part of the state's value."""
+
+    @property
+    def ends_at(self) -> datetime | None:
+        if self.cancelled_at is None or self.expires_at is None:
+            return self.cancelled_at or self.expires_at
+        return min(self.cancelled_at, self.expires_at)
+
+    def status_at(self, t: datetime) -> SubscriptionStatus:
+        if t < self.started_at:
+            return "not_started"
+        ends_at = self.ends_at
+        if ends_at is None or t < ends_at:
+            return "active"
+        return "cancelled" if ends_at == self.cancelled_at else "expired"
+
+    def active_at(self, t: datetime) -> bool:
+        ends_at = self.ends_at
+        return self.started_at <= t and (ends_at is None or t < ends_at)
+
+    def month_at(self, t: datetime) -> tuple[int, datetime, datetime]:
+        """Index, start and end of the subscription month containing ``t``."""
+        month = self._month
+        if not month[1] <= t < month[2]:
+            index = month_index_containing(self.started_at, t)
+            month = (index, *month_bounds(self.started_at, index))
+            self._month = month
+        return month
+
+    def shared_remaining_at(self, t: datetime) -> int:
+        return sum(p.remaining_micro for p in self.packs if p.valid_at(t))
+
+    def add_pack(self, pack: Pack) -> None:
+        insort(self.packs, pack, key=Pack.order)
+
+    def seat_status(
+        self, seat: Seat, at: datetime
+    ) -> tuple[SeatStatus, SeatStatusReason | None, datetime | None]:
+        """Status of ``seat`` at ``at``, why it is suspended, and when its quota resets."""
+        if seat.removed_at is not None and seat.removed_at <= at:
+            return "suspended", "seat_removed", None
+        status = self.status_at(at)
+        if status != "active":
+            return "suspended", _SUSPENDED_BECAUSE[status], None
+        month, _, end = self.month_at(at)
+        if seat.remaining_in(month) == 0 and self.shared_remaining_at(at) == 0:
+            return "suspended", "quota_exhausted", end
+        return "active", None, None
+
+
+_SUSPENDED_BECAUSE: dict[SubscriptionStatus, SeatStatusReason] = {
+    "not_started": "subscription_not_started",
+    "cancelled": "subscription_cancelled",
+    "expired": "subscription_expired",
+}
+
+
+@dataclass(slots=True)
+class ApiKey:
+    key_id: str
+    subscription_id: str
+    seat_id: str
+    key_hash: str
+    issued_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class AccountState:
+    """Everything the fold knows about one account."""
+
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    keys: dict[str, ApiKey] = field(default_factory=dict)
+    request_ids: set[str] = field(default_factory=set)
+    """Every usage request id already deducted, to refuse duplicates."""
+    clock: datetime | None = None
+    """The latest ``occurred_at`` seen: the account's notion of now."""
+    next_review: datetime | None = None
+    """The earliest time a pack expiry, subscription end, pack start or seat reset is due."""
+
+    def find_seat(self, seat_id: str) -> tuple[Subscription, Seat] | None:
+        for subscription in self.subscriptions.values():
+            seat = subscription.seats.get(seat_id)
+            if seat is not None:
+                return subscription, seat
+        return None
+
+    def snapshot(self) -> "AccountState":
+        """An independent copy, for adapters that may need to roll back."""
+        return copy.deepcopy(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; ``from_dict(to_dict(s)) == s``."""
+        return {
+            "format": STATE_FORMAT,
+            "clock": _time(self.clock),
+            "next_review": _time(self.next_review),
+            "request_ids": sorted(self.request_ids),
+            "keys": {key_id: _key_to_dict(key) for key_id, key in sorted(self.keys.items())},
+            "subscriptions": {
+                sub_id: _subscription_to_dict(sub)
+                for sub_id, sub in sorted(self.subscriptions.items())
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AccountState":
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported account state format {data.get('format')!r}")
+        return cls(
+            subscriptions={
+                sub_id: _subscription_from_dict(sub_id, sub)
+                for sub_id, sub in data["subscriptions"].items()
+            },
+            keys={key_id: _key_from_dict(key_id, key) for key_id, key in data["keys"].items()},
+            request_ids=set(data["request_ids"]),
+            clock=_parse_time(data["clock"]),
+            next_review=_parse_time(data["next_review"]),
+        )
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _required_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _key_to_dict(key: ApiKey) -> dict[str, Any]:
+    return {
+        "subscription_id": key.subscription_id,
+        "seat_id": key.seat_id,
+        "key_hash": key.key_hash,
+        "issued_at": _time(key.issued_at),
+        "revoked_at": _time(key.revoked_at),
+    }
+
+
+def _key_from_dict(key_id: str, data: dict[str, Any]) -> ApiKey:
+    return ApiKey(
+        key_id=key_id,
+        subscription_id=data["subscription_id"],
+        seat_id=data["seat_id"],
+        key_hash=data["key_hash"],
+        issued_at=_required_time(data["issued_at"]),
+        revoked_at=_parse_time(data["revoked_at"]),
+    )
+
+
+def _subscription_to_dict(sub: Subscription) -> dict[str, Any]:
+    return {
+        "started_at": _time(sub.started_at),
+        "expires_at": _time(sub.expires_at),
+        "cancelled_at": _time(sub.cancelled_at),
+        "seats": {seat_id: _seat_to_dict(seat) for seat_id, seat in sorted(sub.seats.items())},
+        "packs": [
+            {
+                "pack_id": pack.pack_id,
+                "purchased_at": _time(pack.purchased_at),
+                "expires_at": _time(pack.expires_at),
+                "used_micro": pack.used_micro,
+                "expired": pack.expired,
+            }
+            for pack in sub.packs
+        ],
+    }
+
+
+def _subscription_from_dict(sub_id: str, data: dict[str, Any]) -> Subscription:
+    return Subscription(
+        subscription_id=sub_id,
+        started_at=_required_time(data["started_at"]),
+        expires_at=_parse_time(data["expires_at"]),
+        cancelled_at=_parse_time(data["cancelled_at"]),
+        seats={seat_id: _seat_from_dict(seat_id, seat) for seat_id, seat in data["seats"].items()},
+        packs=[
+            Pack(
+                pack_id=pack["pack_id"],
+                purchased_at=_required_time(pack["purchased_at"]),
+                expires_at=_required_time(pack["expires_at"]),
+                used_micro=pack["used_micro"],
+                expired=pack["expired"],
+            )
+            for pack in data["packs"]
+        ],
+    )
+
+
+def _seat_to_dict(seat: Seat) -> dict[str, Any]:
+    return {
+        "member": seat.member,
+        "added_at": _time(seat.added_at),
+        "tiers": [[first, tier] for first, tier in seat.tiers],
+        "used_micro": [[month, used] for month, used in sorted(seat.used_micro.items())],
+        "removed_at": _time(seat.removed_at),
+        "status": seat.status,
+    }
+
+
+def _seat_from_dict(seat_id: str, data: dict[str, Any]) -> Seat:
+    return Seat(
+        seat_id=seat_id,
+        member=data["member"],
+        added_at=_required_time(data["added_at"]),
+        tiers=[(first, tier) for first, tier in data["tiers"]],
+        used_micro={month: used for month, used in data["used_micro"]},
+        removed_at=_parse_time(data["removed_at"]),
+        status=data["status"],
+    )

@@ -1,0 +1,53 @@
+"""Building blocks shared by every document of the public contract."""
+
+from datetime import datetime
+from typing import Annotated, Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+"""Version of every event and HTTP body in this package; bump it with the topic suffix."""
+
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+EventId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+    Field(description="UUID text, lower case"),
+]
+Count = Annotated[int, Field(ge=0)]
+Micro = Annotated[int, Field(ge=0, description="integer micro-credits (1 credit = 1,000,000)")]
+Tier = Literal["standard", "advanced", "premium"]
+ToolCalls = dict[Identifier, Count]
+
+
+def _rfc3339_text(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("must be an RFC 3339 timestamp with a zone, e.g. 2026-05-01T12:00:00Z")
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), Field(strict=False)]
+"""A zoned timestamp in an HTTP body: RFC 3339 text (JSON has no datetime type to be strict
+about), parsed even though the body's other fields are strict; naive times are refused."""
+
+
+class Contract(BaseModel):
+    """Base of every contract model: unknown fields and wrong types are rejected, values frozen."""
+
+    model_config = STRICT
+
+    @classmethod
+    def trusted(cls, **fields: object) -> Self:
+        """Build an instance from values the core computed itself, skipping validation.
+
+        Validation costs several times more than the rest of a deduction; the unit tests
+        re-validate every result the fold builds this way, so the shapes cannot drift.
+        """
+        instance = cls.__new__(cls)
+        object.__setattr__(instance, "__dict__", fields)
+        object.__setattr__(instance, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(instance, "__pydantic_extra__", None)
+        object.__setattr__(instance, "__pydantic_private__", None)
+        return instance

@@ -1,0 +1,82 @@
+"""Payloads of the facts on ``metering.events.v1``: plan facts and usage.
+
+A plan fact takes effect at its payload's explicit time (``started_at``, ``at``,
+``purchased_at``) where it has one, otherwise at the envelope's ``occurred_at``.
+"""
+
+from typing import Annotated, Self
+
+from pydantic import AwareDatetime, StringConstraints, model_validator
+
+from schemas.base import Contract, Count, Identifier, Tier, ToolCalls
+
+
+class SubscriptionActivated(Contract):
+    subscription_id: Identifier
+    started_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+    """None: the subscription renews until cancelled."""
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Self:
+        if self.expires_at is not None and self.expires_at <= self.started_at:
+            raise ValueError("expires_at must be later than started_at")
+        return self
+
+
+class SubscriptionCancelled(Contract):
+    subscription_id: Identifier
+    at: AwareDatetime
+
+
+class SeatAdded(Contract):
+    subscription_id: Identifier
+    seat_id: Identifier
+    tier: Tier
+    member: Identifier
+
+
+class SeatTierChanged(Contract):
+    subscription_id: Identifier
+    seat_id: Identifier
+    tier: Tier
+
+
+class SeatRemoved(Contract):
+    subscription_id: Identifier
+    seat_id: Identifier
+
+
+class ApiKeyIssued(Contract):
+    subscription_id: Identifier
+    seat_id: Identifier
+    key_id: Identifier
+    key_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32,128}$")]
+    """Hex digest of the secret; the secret itself is never stored."""
+
+
+class ApiKeyRevoked(Contract):
+    key_id: Identifier
+
+
+class SharedPackPurchased(Contract):
+    subscription_id: Identifier
+    pack_id: Identifier
+    purchased_at: AwareDatetime
+
+
+class UsageRecorded(Contract):
+    """One model call. The envelope's ``occurred_at`` is when the call happened."""
+
+    request_id: Identifier
+    subscription_id: Identifier
+    seat_id: Identifier
+    key_id: Identifier
+    model: Identifier
+    input_tokens: Count
+    cached_tokens: Count
+    output_tokens: Count
+    thinking: bool
+    tool_calls: ToolCalls
+    images: Count
+    client: Identifier | None = None

@@ -1,0 +1,442 @@
+"""Scenarios from design.md §2-§4, as a table: facts in, receipts, statuses and rejections out."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pytest
+from event_builders import DEFAULT_CARD, Facts, at, payloads
+
+from metering.core.fold import fold
+from metering.core.money import MICRO, parse_credits
+from metering.core.views import seat_view, subscription_view
+from schemas.envelope import FactEvent
+
+Amount = int | str
+"""Credits: an int, or a decimal string such as "3.18"."""
+
+
+@dataclass
+class Scenario:
+    name: str
+    events: list[FactEvent]
+    receipts: dict[str, list[tuple[str, Amount]]] = field(default_factory=dict)
+    """request id -> (bucket id, credits) in drawing order; "shortfall" names the uncovered part."""
+    statuses: list[tuple[str, str, str]] = field(default_factory=list)
+    """(seat, status, reason) of every SeatStatusChanged, in order (seat_added ones left out)."""
+    rejections: list[str] = field(default_factory=list)
+    expired_packs: list[tuple[str, Amount]] = field(default_factory=list)
+    views: list[tuple[str, datetime, Amount, Amount, str]] = field(default_factory=list)
+    """(seat, at, seat remaining, shared remaining, status) from seat_view."""
+
+
+def micro(amount: Amount) -> int:
+    return parse_credits(amount) if isinstance(amount, str) else amount * MICRO
+
+
+JAN31 = at("2026-01-31 10:00")
+
+
+def seed_example() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "seed price example",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(
+                at("2026-02-01 00:00"),
+                request_id="r1",
+                input_tokens=8_349,
+                cached_tokens=40_794,
+                output_tokens=573,
+            ),
+        ],
+        receipts={"r1": [("seat-1:2026-01", "3.18")]},
+        views=[("seat-1", at("2026-02-01 00:00"), "24996.82", 0, "active")],
+    )
+
+
+def packs_soonest_expiry_first() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "seat month first, then packs by soonest expiry, ties by id",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.buy_pack(at("2026-02-10 00:00"), "pack-b"),
+            f.buy_pack(at("2026-02-01 00:00"), "pack-c"),
+            f.buy_pack(at("2026-02-01 00:00"), "pack-a"),
+            f.usage(at("2026-02-15 00:00"), request_id="r1", credits=725_000),
+            f.usage(at("2026-02-16 00:00"), request_id="r2", credits=500_000),
+            f.usage(at("2026-03-02 00:00"), request_id="r3", credits=30_000),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 25_000), ("pack-a", 625_000), ("pack-c", 75_000)],
+            "r2": [("pack-c", 500_000)],
+            "r3": [("seat-1:2026-02", 25_000), ("pack-b", 5_000)],
+        },
+        expired_packs=[("pack-a", 0), ("pack-c", 50_000)],
+        views=[("seat-1", at("2026-03-02 00:00"), 0, 620_000, "active")],
+    )
+
+
+def pack_expiry_ties_by_purchase() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "packs expiring together: earliest purchase first (Jan 30 and Jan 31 both end Feb 28)",
+        [
+            *f.team(at("2026-01-01 00:00"), ("seat-1", "standard")),
+            f.usage(at("2026-01-02 00:00"), request_id="r0", credits=25_000),
+            f.buy_pack(at("2026-01-31 10:00"), "pack-a"),
+            f.buy_pack(at("2026-01-30 10:00"), "pack-z"),
+            f.usage(at("2026-02-01 00:00"), request_id="r1", credits=700_000),
+        ],
+        receipts={
+            "r0": [("seat-1:2026-01", 25_000)],
+            "r1": [("seat-1:2026-02", 25_000), ("pack-z", 625_000), ("pack-a", 50_000)],
+        },
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "pack_purchased"),
+        ],
+    )
+
+
+def month_bounds_from_jan31() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "a start on Jan 31 ends February on the 28th and March on the 31st",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(at("2026-02-28 09:59"), request_id="r1", credits=1),
+            f.usage(at("2026-02-28 10:00"), request_id="r2", credits=1),
+            f.usage(at("2026-03-31 09:59"), request_id="r3", credits=1),
+            f.usage(at("2026-03-31 10:00"), request_id="r4", credits=1),
+            f.usage(at("2026-04-30 10:00"), request_id="r5", credits=1),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 1)],
+            "r2": [("seat-1:2026-02", 1)],
+            "r3": [("seat-1:2026-02", 1)],
+            "r4": [("seat-1:2026-03", 1)],
+            "r5": [("seat-1:2026-04", 1)],
+        },
+    )
+
+
+def upgrade_now_downgrade_next_month() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "upgrade applies to the current month, downgrade from the next",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(at("2026-02-01 00:00"), request_id="r1", credits=20_000),
+            f.change_tier(at("2026-02-02 00:00"), "seat-1", "advanced"),
+            f.usage(at("2026-02-03 00:00"), request_id="r2", credits=85_000),
+            f.change_tier(at("2026-02-04 00:00"), "seat-1", "standard"),
+            f.usage(at("2026-03-01 00:00"), request_id="r3", credits=30_000),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 20_000)],
+            "r2": [("seat-1:2026-01", 80_000), ("shortfall", 5_000)],
+            "r3": [("seat-1:2026-02", 25_000), ("shortfall", 5_000)],
+        },
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "month_rolled_over"),
+            ("seat-1", "suspended", "quota_exhausted"),
+        ],
+        views=[("seat-1", at("2026-02-04 00:00"), 0, 0, "suspended")],
+    )
+
+
+def upgrade_resumes() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "an exhausted seat resumes when upgraded",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(at("2026-02-01 00:00"), request_id="r1", credits=25_000),
+            f.change_tier(at("2026-02-02 00:00"), "seat-1", "premium"),
+            f.usage(at("2026-02-03 00:00"), request_id="r2", credits=1),
+        ],
+        receipts={"r1": [("seat-1:2026-01", 25_000)], "r2": [("seat-1:2026-01", 1)]},
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "tier_upgraded"),
+        ],
+        views=[("seat-1", at("2026-02-03 00:00"), 224_999, 0, "active")],
+    )
+
+
+def late_usage_after_rollover() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "late usage after a rollover draws from its own, older month",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(at("2026-03-01 00:00"), request_id="r1", credits=10),
+            f.usage(at("2026-02-27 23:00"), request_id="late", credits=24_000),
+            f.usage(at("2026-02-27 23:30"), request_id="later", credits=2_000),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-02", 10)],
+            "late": [("seat-1:2026-01", 24_000)],
+            "later": [("seat-1:2026-01", 1_000), ("shortfall", 1_000)],
+        },
+        views=[("seat-1", at("2026-03-01 00:00"), 24_990, 0, "active")],
+    )
+
+
+def exhaustion_then_pack() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "exhaustion suspends with the month end as reset; a pack purchase resumes",
+        [
+            *f.team(JAN31, ("seat-1", "standard"), ("seat-2", "standard")),
+            f.usage(at("2026-02-01 00:00"), request_id="r1", credits=25_001),
+            f.buy_pack(at("2026-02-02 00:00"), "pack-a"),
+            f.usage(at("2026-02-03 00:00"), request_id="r2", credits=10),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 25_000), ("shortfall", 1)],
+            "r2": [("pack-a", 10)],
+        },
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "pack_purchased"),
+        ],
+        views=[
+            ("seat-1", at("2026-02-03 00:00"), 0, 624_990, "active"),
+            ("seat-1", at("2026-03-01 23:59"), 25_000, 624_990, "active"),
+            ("seat-1", at("2026-03-02 00:00"), 25_000, 0, "active"),
+        ],
+    )
+
+
+def pack_drained_suspends_other_seats() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "draining the last pack suspends every seat whose month is used up",
+        [
+            *f.team(JAN31, ("seat-1", "standard"), ("seat-2", "standard")),
+            f.buy_pack(at("2026-02-01 00:00"), "pack-a"),
+            f.usage(at("2026-02-02 00:00"), "seat-2", request_id="r1", credits=25_000),
+            f.usage(at("2026-02-03 00:00"), "seat-1", request_id="r2", credits=650_000),
+        ],
+        receipts={
+            "r1": [("seat-2:2026-01", 25_000)],
+            "r2": [("seat-1:2026-01", 25_000), ("pack-a", 625_000)],
+        },
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-2", "suspended", "quota_exhausted"),
+        ],
+    )
+
+
+def rollover_resumes() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "the month rolling over resumes a suspended seat at the next fact",
+        [
+            *f.team(JAN31, ("seat-1", "standard"), ("seat-2", "standard")),
+            f.usage(at("2026-02-01 00:00"), request_id="r1", credits=25_000),
+            f.usage(at("2026-03-01 00:00"), "seat-2", request_id="r2", credits=1),
+        ],
+        receipts={"r1": [("seat-1:2026-01", 25_000)], "r2": [("seat-2:2026-02", 1)]},
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "month_rolled_over"),
+        ],
+        views=[
+            ("seat-1", at("2026-02-28 09:59"), 0, 0, "suspended"),
+            ("seat-1", at("2026-02-28 10:00"), 25_000, 0, "active"),
+        ],
+    )
+
+
+def cancelled_subscription() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "cancellation suspends every seat; later usage and packs are refused, earlier usage counts",
+        [
+            *f.team(JAN31, ("seat-1", "standard"), ("seat-2", "premium")),
+            f.cancel(at("2026-02-10 00:00")),
+            f.usage(at("2026-02-11 00:00"), request_id="after", credits=1),
+            f.usage(at("2026-02-09 00:00"), request_id="before", credits=1),
+            f.buy_pack(at("2026-02-12 00:00"), "pack-a"),
+            f.cancel(at("2026-02-13 00:00")),
+        ],
+        receipts={"before": [("seat-1:2026-01", 1)]},
+        statuses=[
+            ("seat-1", "suspended", "subscription_cancelled"),
+            ("seat-2", "suspended", "subscription_cancelled"),
+        ],
+        rejections=[
+            "subscription_inactive",
+            "subscription_inactive",
+            "subscription_already_cancelled",
+        ],
+        views=[("seat-1", at("2026-02-11 00:00"), 24_999, 0, "suspended")],
+    )
+
+
+def expired_subscription() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "a subscription reaching expires_at suspends its seats when the next fact arrives",
+        [
+            f.activate(JAN31, expires_at=at("2026-02-28 10:00")),
+            f.add_seat(JAN31, "seat-1"),
+            f.issue_key(JAN31, "seat-1"),
+            f.usage(at("2026-02-28 09:00"), request_id="r1", credits=1),
+            f.usage(at("2026-02-28 11:00"), request_id="r2", credits=1),
+            f.activate(at("2026-03-01 00:00"), sub="sub-2"),
+        ],
+        receipts={"r1": [("seat-1:2026-01", 1)]},
+        statuses=[("seat-1", "suspended", "subscription_expired")],
+        rejections=["subscription_inactive"],
+    )
+
+
+def refused_facts() -> Scenario:
+    f = Facts()
+    t = at("2026-02-01 00:00")
+    return Scenario(
+        "facts that do not fit are rejected with a reason and change nothing",
+        [
+            *f.team(JAN31, ("seat-1", "standard"), ("seat-2", "standard")),
+            f.usage(t, request_id="r1", credits=1),
+            f.usage(t, request_id="r1", credits=1),
+            f.usage(t, "seat-9", request_id="r2", credits=1),
+            f.usage(t, key="key-9", request_id="r3", credits=1),
+            f.usage(t, key="key-seat-2", request_id="r4", credits=1),
+            f.usage(t, model="gpt-5", request_id="r5", credits=1),
+            f.usage(t, sub="sub-9", request_id="r6", credits=1),
+            f.usage(t, model="wan2.7-image", request_id="r7", images=2),
+            f.usage(t, request_id="r8", images=1),
+            f.activate(t, sub="sub-2"),
+            f.activate(t),
+            f.add_seat(t, "seat-3", sub="sub-9"),
+            f.add_seat(t, "seat-1"),
+            f.issue_key(t, "seat-1"),
+            f.revoke_key(t, "key-seat-1"),
+            f.revoke_key(t, "key-seat-1"),
+            f.usage(at("2026-02-02 00:00"), request_id="r9", credits=1),
+            f.usage(at("2026-01-31 23:00"), request_id="r10", credits=1),
+            f.remove_seat(t, "seat-2"),
+            f.usage(at("2026-02-02 00:00"), "seat-2", request_id="r11", credits=1),
+            f.issue_key(t, "seat-2", key="key-new"),
+            f.remove_seat(t, "seat-2"),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 1)],
+            "r7": [("seat-1:2026-01", 320)],
+            "r10": [("seat-1:2026-01", 1)],
+        },
+        statuses=[("seat-2", "suspended", "seat_removed")],
+        rejections=[
+            "duplicate_request_id",
+            "unknown_seat",
+            "unknown_key",
+            "key_not_for_seat",
+            "unknown_model",
+            "unknown_subscription",
+            "unpriceable_usage",
+            "account_has_active_subscription",
+            "duplicate_subscription",
+            "unknown_subscription",
+            "duplicate_seat",
+            "duplicate_key",
+            "key_revoked",
+            "key_revoked",
+            "seat_inactive",
+            "seat_inactive",
+            "seat_inactive",
+        ],
+    )
+
+
+SCENARIOS: list[Callable[[], Scenario]] = [
+    seed_example,
+    packs_soonest_expiry_first,
+    pack_expiry_ties_by_purchase,
+    month_bounds_from_jan31,
+    upgrade_now_downgrade_next_month,
+    upgrade_resumes,
+    late_usage_after_rollover,
+    exhaustion_then_pack,
+    pack_drained_suspends_other_seats,
+    rollover_resumes,
+    cancelled_subscription,
+    expired_subscription,
+    refused_facts,
+]
+
+
+@pytest.mark.parametrize("build", SCENARIOS, ids=lambda build: build.__name__)
+def test_scenario(build: Callable[[], Scenario]) -> None:
+    scenario = build()
+    state, results = fold(scenario.events, DEFAULT_CARD)
+
+    receipts = {
+        d.request_id: [(line["bucket_id"], line["amount_micro"]) for line in d.receipt]
+        + ([("shortfall", d.shortfall_micro)] if d.shortfall_micro else [])
+        for d in payloads(results, "CreditsDeducted")
+    }
+    expected = {
+        request: [(bucket, micro(amount)) for bucket, amount in lines]
+        for request, lines in scenario.receipts.items()
+    }
+    assert receipts == expected
+
+    statuses = [
+        (s.seat_id, s.status, s.reason)
+        for s in payloads(results, "SeatStatusChanged")
+        if s.reason != "seat_added"
+    ]
+    assert statuses == scenario.statuses
+    assert [r.reason for r in payloads(results, "FactRejected")] == scenario.rejections
+    expired = [(p.pack_id, p.unused_micro) for p in payloads(results, "PackExpired")]
+    assert expired == [(pack, micro(unused)) for pack, unused in scenario.expired_packs]
+
+    for seat, when, seat_left, shared_left, status in scenario.views:
+        view = seat_view(state, seat, when)
+        assert view is not None
+        got = (view.seat_remaining_micro, view.shared_remaining_micro, view.status)
+        assert got == (micro(seat_left), micro(shared_left), status), (seat, when)
+
+
+def test_team_overview() -> None:
+    f = Facts()
+    events = [
+        *f.team(JAN31, ("seat-1", "standard"), ("seat-2", "advanced"), ("seat-3", "premium")),
+        f.buy_pack(at("2026-02-01 00:00"), "pack-a"),
+        f.buy_pack(at("2026-02-20 00:00"), "pack-b"),
+        f.usage(at("2026-02-02 00:00"), "seat-1", credits=30_000),
+        f.usage(at("2026-02-03 00:00"), "seat-2", credits=10_000),
+        f.remove_seat(at("2026-02-04 00:00"), "seat-3"),
+    ]
+    state, _ = fold(events, DEFAULT_CARD)
+    overview = subscription_view(state, "sub-1", at("2026-02-10 00:00"))
+    assert overview is not None
+    assert [s.seat_id for s in overview.seats] == ["seat-1", "seat-2"]
+    assert [(p.pack_id, p.valid, p.remaining_micro) for p in overview.packs] == [
+        ("pack-a", True, micro(620_000)),
+        ("pack-b", False, micro(625_000)),
+    ]
+    assert overview.quota_micro == micro(25_000 + 100_000 + 625_000)
+    assert overview.used_micro == micro(25_000 + 10_000 + 5_000)
+    assert overview.remaining_micro == micro(90_000 + 620_000)
+    assert overview.utilization_basis_points == 533  # 40,000 / 750,000 = 5.33 %
+    assert overview.status == "active"
+    assert (overview.month_start, overview.month_end) == (JAN31, at("2026-02-28 10:00"))
+    assert subscription_view(state, "sub-9", JAN31) is None
+    assert seat_view(state, "seat-9", JAN31) is None
+    removed = seat_view(state, "seat-3", at("2026-02-10 00:00"))
+    assert removed is not None
+    assert (removed.status, removed.reason, removed.resets_at) == (
+        "suspended",
+        "seat_removed",
+        None,
+    )
