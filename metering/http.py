@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -52,6 +53,36 @@ async def _validation_problem(_request: Request, error: Exception) -> Response:
     return problem(422, "Invalid request", f"invalid fields: {fields}", errors=errors)
 
 
+class Unauthorized(HTTPException):
+    """Missing or wrong bearer token; the answer never says which."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "a valid bearer token is required")
+
+
+def bearer_guard(tokens: Sequence[str]) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency that lets a request through only with one of `tokens`.
+
+    Tokens are compared in constant time; an empty list lets nobody through.
+    """
+    accepted = [t.encode() for t in tokens if t]
+
+    async def guard(request: Request) -> None:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        candidate = presented.strip().encode()
+        matches = [hmac.compare_digest(candidate, token) for token in accepted]
+        if scheme.lower() != "bearer" or not any(matches):
+            raise Unauthorized
+
+    return guard
+
+
+async def _unauthorized_problem(_request: Request, error: Exception) -> Response:
+    response = problem(401, "Unauthorized", str(getattr(error, "detail", error)))
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 def create_app(
     service: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
@@ -61,6 +92,7 @@ def create_app(
     """A FastAPI app with the endpoints every service shares."""
     app = FastAPI(title=f"metering {service}", version=version, lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_problem)
+    app.add_exception_handler(Unauthorized, _unauthorized_problem)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

@@ -33,8 +33,22 @@ class Settings(BaseSettings):
     metering_admin_token: SecretStr | None = Field(
         None, description="bearer token for the write and read APIs"
     )
+    metering_read_token: SecretStr | None = Field(
+        None, description="bearer token for the read APIs only (usage details, overviews)"
+    )
+    metering_gateway_token: SecretStr | None = Field(
+        None, description="the gateway's own bearer token: may post usage, nothing else"
+    )
+    api_key_hash_secret: SecretStr | None = Field(
+        None, description="secret of the keyed hash of member API keys (ingest and quota)"
+    )
     events_partitions: int = Field(6, ge=1, description="partitions of metering.events.v1")
     topic_replication_factor: int = Field(1, ge=1, description="replication of created topics")
+
+    def tokens(self, *names: str) -> list[str]:
+        """The values of the named token settings that are set (for `bearer_guard`)."""
+        values = (getattr(self, name) for name in names)
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -56,6 +70,17 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (e.g. postgresql://user@host/db)")
         return value
+
+    def required_secret(self, name: str, purpose: str) -> str:
+        """The value of a secret setting a service cannot run without, or a clear exit."""
+        value = getattr(self, name)
+        if value is None or not value.get_secret_value():
+            raise SettingsError(
+                f"{name.upper()} is not set: {purpose}. Set it to a long random string "
+                "(for example the output of `openssl rand -hex 32`)."
+            )
+        secret: str = value.get_secret_value()
+        return secret
 
 
 class SettingsError(SystemExit):
