@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+#: A connection of its own or one borrowed from a pool: both run queries and transactions.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _MIGRATION_LOCK = 0x6D65746572  # "meter": the advisory lock key serialising migrations

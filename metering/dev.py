@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,28 +36,41 @@ class RunningService:
     log_path: Path
 
 
-def admin_token(state_dir: Path, environ: Mapping[str, str]) -> str:
-    """The configured admin token, or one made once and kept in `.run/admin-token`."""
-    if environ.get("METERING_ADMIN_TOKEN"):
-        return environ["METERING_ADMIN_TOKEN"]
-    path = state_dir / "admin-token"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
+#: Secrets the services need; `make run` makes each once and keeps it under `.run/`.
+SECRETS = ("METERING_ADMIN_TOKEN", "API_KEY_HASH_SECRET")
+
+
+def kept_secrets(state_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """Each secret from the environment, or made once and kept in `.run/<name>`."""
+    found = {}
+    for name in SECRETS:
+        if environ.get(name):
+            found[name] = environ[name]
+            continue
+        path = state_dir / name.lower()
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        found[name] = path.read_text().strip()
+    return found
 
 
 @contextlib.contextmanager
 def run_services(
-    stack: Stack, state_dir: Path, token: str, base_port: int = BASE_PORT
+    stack: Stack,
+    state_dir: Path,
+    secret_env: Mapping[str, str],
+    base_port: int = BASE_PORT,
+    names: Sequence[str] = SERVICES,
 ) -> Iterator[list[RunningService]]:
-    """Start each service as `python -m <service>` and stop them all (SIGTERM first) on exit."""
+    """Start each service as `python -m <service>` on consecutive ports from `base_port`, and
+    stop them all (SIGTERM first) on exit."""
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **stack.environ(), "METERING_ADMIN_TOKEN": token}
+    env = {**os.environ, **stack.environ(), **secret_env}
     running: list[RunningService] = []
     try:
-        for port, name in enumerate(SERVICES, start=base_port):
+        for port, name in enumerate(names, start=base_port):
             log_path = logs / f"{name}.log"
             with log_path.open("ab") as log_file:
                 process = subprocess.Popen(
@@ -121,17 +134,17 @@ def try_it(services: list[RunningService], token: str) -> str:
 def run(state_dir: Path, base_port: int = BASE_PORT) -> int:
     """Run until interrupted or until a service dies; returns the exit status."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    token = admin_token(state_dir, os.environ)
+    kept = kept_secrets(state_dir, os.environ)
     print("starting the broker and the database...", flush=True)
     try:
         with (
             start_stack(state_dir / "stack") as stack,
-            run_services(stack, state_dir, token, base_port) as services,
+            run_services(stack, state_dir, kept, base_port) as services,
         ):
             print(f"  kafka    {stack.kafka_bootstrap_servers} ({stack.kafka_origin})")
             print(f"  postgres {stack.database_url} ({stack.database_origin})", flush=True)
             wait_until_ready(services)
-            print(try_it(services, token), flush=True)
+            print(try_it(services, kept["METERING_ADMIN_TOKEN"]), flush=True)
             while all(s.process.poll() is None for s in services):
                 time.sleep(0.5)
             dead = [s for s in services if s.process.poll() is not None]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import asyncpg
 from fastapi import FastAPI
@@ -26,6 +27,23 @@ log = logging.getLogger(__name__)
 
 #: Seconds a stopping subscriber may spend finishing the message or batch in hand.
 GRACEFUL_TIMEOUT = 20.0
+#: Group membership timings of every consumer: a dead member's partitions move after 6 s.
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_INTERVAL_MS = 1000
+
+
+class Worker(Protocol):
+    """A background loop a service runs beside its HTTP API (a raw consumer, an outbox relay).
+
+    Started after the pool and the broker, stopped before them; `ready()` joins the
+    "consumers" readiness check.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool: ...
 
 
 class ServiceRuntime:
@@ -44,12 +62,15 @@ class ServiceRuntime:
             log_level=logging.DEBUG,
         )
         self._pool: asyncpg.Pool | None = None
+        self._workers: list[Worker] = []
         self.readiness = Readiness()
         self.readiness.add("database", self._database_answers)
         self.readiness.add("broker", self._broker_answers)
         self.readiness.add("consumers", self._consumers_assigned)
 
-    def batch_subscriber(self, topic: str, group_id: str) -> BatchSubscriber:
+    def batch_subscriber(
+        self, topic: str, group_id: str, ack_policy: AckPolicy = AckPolicy.ACK
+    ) -> BatchSubscriber:
         """A consumer-group member reading `topic` in batches from the earliest offset."""
         return self.broker.subscriber(
             topic,
@@ -57,10 +78,14 @@ class ServiceRuntime:
             batch=True,
             max_records=1000,
             auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            ack_policy=AckPolicy.ACK,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            ack_policy=ack_policy,
         )
+
+    def add_worker(self, worker: Worker) -> None:
+        """Run `worker` for the life of the service (started in the order added)."""
+        self._workers.append(worker)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -76,10 +101,14 @@ class ServiceRuntime:
         self._pool = await create_pool(self.settings.database_url)
         try:
             await self.broker.start()
+            for worker in self._workers:
+                await worker.start()
             log.info("service started", extra={"port": self.settings.http_port})
             yield
         finally:
             log.info("service stopping: finishing work in hand")
+            for worker in reversed(self._workers):
+                await worker.stop()
             await self.broker.stop()
             await self._pool.close()
             self._pool = None
@@ -96,4 +125,4 @@ class ServiceRuntime:
         return all(
             sub.consumer is not None and bool(sub.consumer.assignment())  # type: ignore[attr-defined]
             for sub in self.broker.subscribers
-        )
+        ) and all(worker.ready() for worker in self._workers)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metering.topics import DLQ, EVENTS, LEDGER, SEAT_STATUS
+
 DEFAULT_RATE_CARD = Path(__file__).parent / "ratecards" / "default.yaml"
 
 
@@ -42,8 +44,21 @@ class Settings(BaseSettings):
     api_key_hash_secret: SecretStr | None = Field(
         None, description="secret of the keyed hash of member API keys (ingest and quota)"
     )
+    usage_max_future_skew_seconds: int = Field(
+        300, ge=0, description="refuse usage whose occurred_at is further in the future"
+    )
+    usage_max_lateness_seconds: int = Field(
+        72 * 3600, ge=0, description="refuse usage whose occurred_at is older than this"
+    )
     events_partitions: int = Field(6, ge=1, description="partitions of metering.events.v1")
     topic_replication_factor: int = Field(1, ge=1, description="replication of created topics")
+    events_topic: str = Field(EVENTS, description="topic of accepted facts")
+    ledger_topic: str = Field(LEDGER, description="topic of ledger results")
+    seat_status_topic: str = Field(SEAT_STATUS, description="topic of seat statuses")
+    dlq_topic: str = Field(DLQ, description="topic of dead letters")
+    ledger_consumer_group: str = Field(
+        "metering-ledger", description="consumer group of the ledger replicas"
+    )
 
     def tokens(self, *names: str) -> list[str]:
         """The values of the named token settings that are set (for `bearer_guard`)."""

@@ -15,6 +15,8 @@ EVENTS = "metering.events.v1"
 LEDGER = "metering.ledger.v1"
 SEAT_STATUS = "metering.seat-status.v1"
 DLQ = "metering.dlq.v1"
+USAGE_REPORTS = "metering.usage-reports.v1"
+"""Kafka entry for gateways that prefer producing to posting: raw usage reports, read by ingest."""
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,18 @@ class TopicSpec:
 
 
 def contract_topics(events_partitions: int = 6) -> list[TopicSpec]:
-    """The four topics of contract.md; results follow the events' partitioning by account."""
+    """The topics of contract.md and ingest's Kafka entry, with their final settings.
+
+    Results follow the events' partitioning by account; raw reports are kept a week (they
+    are copied into the event log once accepted).
+    """
     forever = {"retention.ms": "-1"}
     return [
         TopicSpec(EVENTS, events_partitions, forever),
         TopicSpec(LEDGER, events_partitions, forever),
         TopicSpec(SEAT_STATUS, events_partitions, {"cleanup.policy": "compact"}),
         TopicSpec(DLQ, 1, forever),
+        TopicSpec(USAGE_REPORTS, events_partitions, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
     ]
 
 

@@ -29,6 +29,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ADMIN_TOKEN = "test-admin-token"
+SECRETS = {"METERING_ADMIN_TOKEN": ADMIN_TOKEN, "API_KEY_HASH_SECRET": "test-key-hash-secret"}
 
 
 def free_port_run(count: int) -> int:
@@ -51,6 +52,6 @@ def _bindable(port: int) -> bool:
 @pytest.fixture(scope="session")
 def services(stack: Stack, state_dir: Path) -> Iterator[dict[str, str]]:
     """The three services, running as real processes against the session stack: name → URL."""
-    with run_services(stack, state_dir, ADMIN_TOKEN, free_port_run(len(SERVICES))) as running:
+    with run_services(stack, state_dir, SECRETS, free_port_run(len(SERVICES))) as running:
         wait_until_ready(running)
         yield {service.name: service.url for service in running}

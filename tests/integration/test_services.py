@@ -15,7 +15,7 @@ import pytest
 
 from metering.dev import SERVICES, run_services, wait_until_ready
 from metering.stack import Stack
-from tests.conftest import ADMIN_TOKEN, free_port_run
+from tests.conftest import SECRETS, free_port_run
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_health_readiness_and_metrics(services: dict[str, str], name: str) -> No
 
 
 def test_sigterm_stops_services_gracefully(stack: Stack, tmp_path: Path) -> None:
-    with run_services(stack, tmp_path, ADMIN_TOKEN, free_port_run(len(SERVICES))) as running:
+    with run_services(stack, tmp_path, SECRETS, free_port_run(len(SERVICES))) as running:
         wait_until_ready(running)
         for service in running:
             service.process.send_signal(signal.SIGTERM)

@@ -1,0 +1,184 @@
+"""ingest's acceptance log in PostgreSQL: idempotency and an outbox in one table.
+
+Every fact ingest takes is first *claimed* under its idempotency key (a usage report's account
+and request id, or a plan command's key) together with its envelope, then published, then
+marked published. So:
+- the same key with the same body finds the original event id (a duplicate, never re-counted);
+  with another body it is a conflict;
+- the memory of seen keys is shared by every replica and survives restarts;
+- a fact stored but never acknowledged (a crash, a broker outage) is published again under the
+  same event id, by a retry of the caller or by the relay, so consumers can drop repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from metering.db import Connection
+
+
+def body_hash(body: object) -> bytes:
+    """A stable digest of a request body (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One fact to accept: its idempotency key, body digest and the envelope that carries it."""
+
+    scope: str
+    key: str
+    body_hash: bytes
+    event_id: UUID
+    account_id: str
+    envelope: bytes
+    response: dict[str, object]
+
+
+class Outcome(Enum):
+    NEW = "new"  # claimed now: publish it
+    UNCONFIRMED = "unconfirmed"  # claimed earlier, not yet acknowledged: publish it again
+    DUPLICATE = "duplicate"  # claimed and acknowledged earlier: answer with the original
+    CONFLICT = "conflict"  # the key was used with another body
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What claiming found for one fact; `event_id`, `envelope` and `response` are the stored
+    ones (the original's, for a duplicate or an unconfirmed retry)."""
+
+    outcome: Outcome
+    event_id: UUID
+    account_id: str
+    envelope: bytes | None
+    response: dict[str, object]
+
+
+_CLAIM = """
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::text[],
+                         $6::bytea[], $7::jsonb[]) WITH ORDINALITY
+        AS t(scope, key, body_hash, event_id, account_id, envelope, response, ord)
+), inserted AS (
+    INSERT INTO ingest_accepted (scope, key, body_hash, event_id, account_id, envelope, response)
+    SELECT DISTINCT ON (scope, key)
+           scope, key, body_hash, event_id, account_id, envelope, response
+    FROM incoming ORDER BY scope, key, ord
+    ON CONFLICT (scope, key) DO NOTHING
+    RETURNING scope, key, body_hash, event_id, account_id, envelope, response
+)
+SELECT n.event_id IS NOT NULL AS inserted,
+       COALESCE(n.body_hash, a.body_hash) AS body_hash,
+       COALESCE(n.event_id, a.event_id) AS event_id,
+       COALESCE(n.account_id, a.account_id) AS account_id,
+       CASE WHEN n.event_id IS NOT NULL THEN n.envelope ELSE a.envelope END AS envelope,
+       COALESCE(n.response, a.response) AS response,
+       a.published_at
+FROM incoming i
+LEFT JOIN inserted n USING (scope, key)
+LEFT JOIN ingest_accepted a USING (scope, key)
+ORDER BY i.ord
+"""
+
+
+class AcceptanceLog:
+    """The `ingest_accepted` table."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def claim(self, claims: Sequence[Claim], conn: Connection | None = None) -> list[Claimed]:
+        """Claim each fact under its key, in one round trip; results are in input order.
+
+        Within one call a key repeated with the same body is a duplicate of its first
+        occurrence, and with another body a conflict, exactly as across calls. Pass `conn`
+        to claim inside the caller's transaction.
+        """
+        executor = conn or self._pool
+        rows = await self._claim_rows(executor, claims)
+        missing = [i for i, row in enumerate(rows) if row["event_id"] is None]
+        if missing:  # a concurrent claim committed the key after our statement's snapshot
+            again = await self._claim_rows(executor, [claims[i] for i in missing])
+            for i, row in zip(missing, again, strict=True):
+                rows[i] = row
+        return [_claimed(claim, row) for claim, row in zip(claims, rows, strict=True)]
+
+    @staticmethod
+    async def _claim_rows(
+        executor: asyncpg.Pool | Connection, claims: Sequence[Claim]
+    ) -> list[asyncpg.Record]:
+        return list(
+            await executor.fetch(
+                _CLAIM,
+                [c.scope for c in claims],
+                [c.key for c in claims],
+                [c.body_hash for c in claims],
+                [c.event_id for c in claims],
+                [c.account_id for c in claims],
+                [c.envelope for c in claims],
+                [orjson.dumps(c.response).decode() for c in claims],
+            )
+        )
+
+    async def find(self, scope: str, key: str, body: bytes, conn: Connection) -> Claimed | None:
+        """What was claimed under a key before, judged against this body; None if nothing."""
+        row = await conn.fetchrow(
+            "SELECT false AS inserted, body_hash, event_id, account_id, envelope, response, "
+            "published_at FROM ingest_accepted WHERE scope = $1 AND key = $2",
+            scope,
+            key,
+        )
+        return None if row is None else _judged(body, row)
+
+    async def mark_published(self, event_ids: Sequence[UUID]) -> None:
+        """The broker acknowledged these: drop their envelopes, keep their keys."""
+        if event_ids:
+            await self._pool.execute(
+                "UPDATE ingest_accepted SET published_at = now(), envelope = NULL "
+                "WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL",
+                list(event_ids),
+            )
+
+    async def unpublished(self, older_than_seconds: float, limit: int) -> list[Claimed]:
+        """Facts stored but not acknowledged for a while: what the relay publishes again."""
+        rows = await self._pool.fetch(
+            "SELECT event_id, account_id, envelope, response FROM ingest_accepted "
+            "WHERE published_at IS NULL AND stored_at < now() - make_interval(secs => $1) "
+            "ORDER BY stored_at LIMIT $2",
+            older_than_seconds,
+            limit,
+        )
+        return [
+            Claimed(Outcome.UNCONFIRMED, r["event_id"], r["account_id"], r["envelope"], {})
+            for r in rows
+        ]
+
+
+def _claimed(claim: Claim, row: asyncpg.Record) -> Claimed:
+    if row["event_id"] is None:
+        raise RuntimeError(f"could not claim {claim.scope}/{claim.key}: retry the request")
+    if row["inserted"] and row["event_id"] == claim.event_id:
+        return Claimed(
+            Outcome.NEW, claim.event_id, claim.account_id, claim.envelope, claim.response
+        )
+    return _judged(claim.body_hash, row)
+
+
+def _judged(body: bytes, row: asyncpg.Record) -> Claimed:
+    """An earlier claim of the same key, seen by a later one with this body digest."""
+    if bytes(row["body_hash"]) != body:
+        outcome = Outcome.CONFLICT
+    elif row["published_at"] is not None or row["inserted"]:
+        outcome = Outcome.DUPLICATE  # of an earlier fact, or of one earlier in this call
+    else:
+        outcome = Outcome.UNCONFIRMED
+    return Claimed(
+        outcome, row["event_id"], row["account_id"], row["envelope"], orjson.loads(row["response"])
+    )

@@ -1,0 +1,394 @@
+"""ingest's write API (contract.md, "ingest"): usage reports and plan commands."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from ingest import directory
+from ingest.acceptance import Outcome
+from ingest.intake import CommandResult, DirectoryError, Intake, PlanCommand, UsageResult
+from metering.apikeys import key_hash, new_api_key
+from metering.http import bearer_guard, problem
+from metering.publishing import BrokerUnavailable
+from metering.settings import Settings
+from schemas.api import (
+    MAX_BATCH,
+    ApiKeyCreated,
+    FactAccepted,
+    PackPurchase,
+    Problem,
+    SeatCreate,
+    SeatUpdate,
+    SubscriptionCancel,
+    SubscriptionCreate,
+    UsageAccepted,
+    UsageBatchRequest,
+    UsageBatchResponse,
+    UsageReport,
+)
+from schemas.facts import (
+    ApiKeyIssued,
+    ApiKeyRevoked,
+    SeatAdded,
+    SeatTierChanged,
+    SharedPackPurchased,
+    SubscriptionActivated,
+    SubscriptionCancelled,
+)
+
+RETRY_AFTER_SECONDS = "2"
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="makes a retried command safe: the same key and body give the same answer",
+    ),
+]
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (401, 404, 409, 422, 503)
+}
+
+
+def intake_of(request: Request) -> Intake:
+    intake: Intake = request.app.state.intake
+    return intake
+
+
+IntakeDep = Annotated[Intake, Depends(intake_of)]
+
+
+def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRouter:
+    """The routes; writes need the admin token, usage also takes the gateway's token."""
+    admin = Depends(bearer_guard(settings.tokens("metering_admin_token")))
+    reporter = Depends(
+        bearer_guard(settings.tokens("metering_admin_token", "metering_gateway_token"))
+    )
+    router = APIRouter(prefix="/v1", responses=PROBLEMS)
+
+    @router.post(
+        "/usage",
+        status_code=202,
+        dependencies=[reporter],
+        tags=["usage"],
+        summary="Report one model call's usage",
+        responses={200: {"model": UsageAccepted, "description": "already accepted"}},
+    )
+    async def post_usage(report: UsageReport, intake: IntakeDep) -> Response:
+        [result] = await _accepting(intake.accept_usage([report]))
+        if result.status == "invalid":
+            return _invalid(result.problems)
+        if result.status == "conflict":
+            return problem(409, "Conflicting report", result.problems[0][1])
+        body = UsageAccepted(event_id=str(result.event_id), duplicate=result.status == "duplicate")
+        return JSONResponse(body.model_dump(), status_code=200 if body.duplicate else 202)
+
+    @router.post(
+        "/usage/batch",
+        dependencies=[reporter],
+        tags=["usage"],
+        summary=f"Report up to {MAX_BATCH} model calls; one result per report, in order",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": UsageBatchRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def post_usage_batch(request: Request, intake: IntakeDep) -> UsageBatchResponse:
+        raw_reports = await _batch_of_reports(request)
+        parsed: list[UsageReport | list[tuple[str, str]]] = []
+        for raw in raw_reports:
+            try:
+                parsed.append(UsageReport.model_validate(raw))
+            except ValidationError as error:
+                parsed.append(_field_problems(error))
+        valid = [p for p in parsed if isinstance(p, UsageReport)]
+        accepted = iter(await _accepting(intake.accept_usage(valid)))
+        results = [
+            next(accepted) if isinstance(p, UsageReport) else UsageResult("invalid", problems=p)
+            for p in parsed
+        ]
+        return UsageBatchResponse.model_validate({"results": [_batch_item(r) for r in results]})
+
+    @router.post(
+        "/subscriptions",
+        status_code=201,
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Activate a subscription for an account",
+    )
+    async def post_subscription(body: SubscriptionCreate, intake: IntakeDep) -> Response:
+        payload = SubscriptionActivated(
+            subscription_id=body.subscription_id,
+            started_at=body.started_at,
+            expires_at=body.expires_at,
+        )
+        command = PlanCommand(
+            scope="subscription",
+            key=body.subscription_id,
+            body=body.model_dump(mode="json"),
+            event_type="SubscriptionActivated",
+            payload=payload,
+            occurred_at=body.started_at,
+            apply_to_directory=directory.open_subscription(body),
+        )
+        return await _command_answer(intake, command, created=True)
+
+    @router.post(
+        "/subscriptions/{subscription_id}/seats",
+        status_code=201,
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Add a seat (one member, one tier)",
+    )
+    async def post_seat(subscription_id: str, body: SeatCreate, intake: IntakeDep) -> Response:
+        command = PlanCommand(
+            scope="seat",
+            key=body.seat_id,
+            body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
+            event_type="SeatAdded",
+            payload=SeatAdded(subscription_id=subscription_id, **body.model_dump()),
+            occurred_at=clock(),
+            apply_to_directory=directory.add_seat(subscription_id, body.seat_id, body.tier),
+        )
+        return await _command_answer(intake, command, created=True)
+
+    @router.patch(
+        "/subscriptions/{subscription_id}/seats/{seat_id}",
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Change a seat's tier (upgrade now, downgrade from next month)",
+    )
+    async def patch_seat(
+        subscription_id: str,
+        seat_id: str,
+        body: SeatUpdate,
+        intake: IntakeDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        command = PlanCommand(
+            scope="seat-tier",
+            key=idempotency_key or str(uuid.uuid4()),
+            body={"seat_id": seat_id, **body.model_dump(mode="json")},
+            event_type="SeatTierChanged",
+            payload=SeatTierChanged(
+                subscription_id=subscription_id, seat_id=seat_id, tier=body.tier
+            ),
+            occurred_at=clock(),
+            apply_to_directory=directory.change_tier(subscription_id, seat_id, body.tier),
+        )
+        return await _command_answer(intake, command, created=False)
+
+    @router.post(
+        "/subscriptions/{subscription_id}/seats/{seat_id}/keys",
+        status_code=201,
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Issue an API key for a seat; the secret is shown this once",
+        response_model=ApiKeyCreated,
+    )
+    async def post_key(
+        subscription_id: str,
+        seat_id: str,
+        intake: IntakeDep,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        key_id = f"key-{uuid.uuid4().hex[:16]}"
+        secret = new_api_key()
+        command = PlanCommand(
+            scope="key",
+            key=idempotency_key or key_id,
+            body={"subscription_id": subscription_id, "seat_id": seat_id},
+            event_type="ApiKeyIssued",
+            payload=ApiKeyIssued(
+                subscription_id=subscription_id,
+                seat_id=seat_id,
+                key_id=key_id,
+                key_hash=key_hash(secret, key_hash_secret),
+            ),
+            occurred_at=clock(),
+            apply_to_directory=directory.issue_key(subscription_id, seat_id, key_id),
+            response={"key_id": key_id},
+        )
+        result = await _command(intake, command)
+        if result.outcome is Outcome.DUPLICATE or result.response.get("key_id") != key_id:
+            raise DirectoryError(
+                409,
+                "Key already issued",
+                f"this Idempotency-Key already issued key '{result.response.get('key_id')}'; "
+                "its secret was shown once and is not kept: revoke it and issue a new one",
+            )
+        created = ApiKeyCreated(event_id=str(result.event_id), key_id=key_id, api_key=secret)
+        return JSONResponse(created.model_dump(), status_code=201)
+
+    @router.delete(
+        "/keys/{key_id}", dependencies=[admin], tags=["plan"], summary="Revoke an API key"
+    )
+    async def delete_key(key_id: str, intake: IntakeDep) -> Response:
+        now = clock()
+        command = PlanCommand(
+            scope="key-revoked",
+            key=key_id,
+            body={"key_id": key_id},
+            event_type="ApiKeyRevoked",
+            payload=ApiKeyRevoked(key_id=key_id),
+            occurred_at=now,
+            apply_to_directory=directory.revoke_key(key_id, now),
+        )
+        return await _command_answer(intake, command, created=False)
+
+    @router.post(
+        "/subscriptions/{subscription_id}/packs",
+        status_code=201,
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Buy a shared quota pack (625,000 credits, valid one month)",
+    )
+    async def post_pack(subscription_id: str, body: PackPurchase, intake: IntakeDep) -> Response:
+        command = PlanCommand(
+            scope="pack",
+            key=body.pack_id,
+            body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
+            event_type="SharedPackPurchased",
+            payload=SharedPackPurchased(subscription_id=subscription_id, **body.model_dump()),
+            occurred_at=body.purchased_at,
+            apply_to_directory=directory.buy_pack(subscription_id),
+        )
+        return await _command_answer(intake, command, created=True)
+
+    @router.post(
+        "/subscriptions/{subscription_id}/cancel",
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Cancel a subscription: its seats are suspended from `at`",
+    )
+    async def post_cancel(
+        subscription_id: str, body: SubscriptionCancel, intake: IntakeDep
+    ) -> Response:
+        command = PlanCommand(
+            scope="cancel",
+            key=subscription_id,
+            body=body.model_dump(mode="json"),
+            event_type="SubscriptionCancelled",
+            payload=SubscriptionCancelled(subscription_id=subscription_id, at=body.at),
+            occurred_at=body.at,
+            apply_to_directory=directory.cancel_subscription(subscription_id, body.at),
+        )
+        return await _command_answer(intake, command, created=False)
+
+    return router
+
+
+async def _accepting(accepting: Any) -> list[UsageResult]:
+    try:
+        results: list[UsageResult] = await accepting
+    except BrokerUnavailable as error:
+        raise _Unavailable from error
+    return results
+
+
+class _Unavailable(Exception):
+    """The broker did not acknowledge: answer 503 with Retry-After."""
+
+
+async def _command(intake: Intake, command: PlanCommand) -> CommandResult:
+    try:
+        return await intake.accept_command(command)
+    except BrokerUnavailable as error:
+        raise _Unavailable from error
+
+
+async def _command_answer(intake: Intake, command: PlanCommand, *, created: bool) -> Response:
+    result = await _command(intake, command)
+    if result.outcome is Outcome.CONFLICT:
+        return problem(
+            409,
+            "Conflicting command",
+            f"'{command.key}' was already used with a different body (event {result.event_id})",
+        )
+    body = FactAccepted(event_id=str(result.event_id)).model_dump()
+    repeated = result.outcome is Outcome.DUPLICATE
+    body["duplicate"] = repeated
+    return JSONResponse(body, status_code=201 if created and not repeated else 200)
+
+
+async def _batch_of_reports(request: Request) -> list[Any]:
+    """The batch's `reports` list, refusing a body that is not one (whole-request errors)."""
+    try:
+        document = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise _BadBatch(f"the body is not JSON: {error}") from None
+    if not isinstance(document, dict) or set(document) != {"reports"}:
+        raise _BadBatch('the body must be an object with one field, "reports"')
+    reports = document["reports"]
+    if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
+        raise _BadBatch(f'"reports" must be a list of 1 to {MAX_BATCH} usage reports')
+    return reports
+
+
+class _BadBatch(Exception):
+    pass
+
+
+def _field_problems(error: ValidationError) -> list[tuple[str, str]]:
+    return [(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in error.errors()]
+
+
+def _invalid(problems: list[tuple[str, str]]) -> Response:
+    fields = ", ".join(name for name, _ in problems)
+    errors = [{"field": name, "message": message} for name, message in problems]
+    return problem(422, "Invalid request", f"invalid fields: {fields}", errors=errors)
+
+
+def _batch_item(result: UsageResult) -> dict[str, object]:
+    item: dict[str, object] = {"status": result.status}
+    if result.event_id is not None:
+        item["event_id"] = str(result.event_id)
+    if result.status == "invalid":
+        fields = ", ".join(name for name, _ in result.problems)
+        item["problem"] = {
+            "title": "Invalid report",
+            "status": 422,
+            "detail": f"invalid fields: {fields}",
+            "errors": [{"field": f, "message": m} for f, m in result.problems],
+        }
+    elif result.status == "conflict":
+        item["problem"] = {
+            "title": "Conflicting report",
+            "status": 409,
+            "detail": result.problems[0][1],
+        }
+    return item
+
+
+def install_error_handlers(app: Any) -> None:
+    """problem+json answers for the outcomes the routes raise."""
+
+    async def unavailable(_request: Request, _error: Exception) -> Response:
+        response = problem(
+            503,
+            "Broker unavailable",
+            "the event log did not acknowledge in time; nothing was confirmed. Retry the same "
+            "request (same request_id / Idempotency-Key): it is never counted twice",
+        )
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+
+    async def directory_error(_request: Request, error: Exception) -> Response:
+        assert isinstance(error, DirectoryError)
+        return problem(error.status, error.title, error.detail)
+
+    async def bad_batch(_request: Request, error: Exception) -> Response:
+        return problem(422, "Invalid request", str(error))
+
+    app.add_exception_handler(_Unavailable, unavailable)
+    app.add_exception_handler(DirectoryError, directory_error)
+    app.add_exception_handler(_BadBatch, bad_batch)

@@ -1,0 +1,200 @@
+"""Accepting facts: claim under an idempotency key, publish with acknowledgement, confirm.
+
+A caller hears "accepted" only after the broker acknowledged the event (acks=all). When the
+broker does not answer, `BrokerUnavailable` propagates (the API answers 503): the fact stays
+claimed under its key and event id, so a retry of the same call, or the relay, publishes it
+under that same id and nothing is ever counted twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+
+from ingest.acceptance import AcceptanceLog, Claim, Claimed, Outcome, body_hash
+from ingest.facts import UsageWindow, envelope, usage_problems, usage_recorded
+from metering.core.ratecard import RateCard
+from metering.db import Connection
+from metering.publishing import Outgoing, publish_all
+from metering.topics import EVENTS
+from schemas.api import UsageReport
+from schemas.base import Contract
+
+UsageStatus = Literal["accepted", "duplicate", "conflict", "invalid"]
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    """What became of one usage report."""
+
+    status: UsageStatus
+    event_id: uuid.UUID | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    """(field, message) pairs, for an invalid or conflicting report."""
+
+
+class DirectoryError(Exception):
+    """A plan command that does not fit what ingest knows (unknown id, second subscription)."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class PlanCommand:
+    """One plan fact to append, with its idempotency key and its effect on the directory.
+
+    `apply_to_directory` runs inside the accepting transaction; it raises `DirectoryError`
+    when the command does not fit, and returns the account the fact belongs to.
+    """
+
+    scope: str
+    key: str
+    body: object
+    event_type: str
+    payload: Contract
+    occurred_at: datetime
+    apply_to_directory: Callable[[Connection], Awaitable[str]]
+    response: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    outcome: Outcome
+    event_id: uuid.UUID
+    response: dict[str, object]
+
+
+class Intake:
+    """ingest's acceptance of usage reports and plan commands."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: KafkaBroker,
+        card: RateCard,
+        window: UsageWindow,
+        clock: Clock,
+    ) -> None:
+        self._pool = pool
+        self._log = AcceptanceLog(pool)
+        self._broker = broker
+        self._card = card
+        self._window = window
+        self._clock = clock
+
+    async def accept_usage(self, reports: Sequence[UsageReport]) -> list[UsageResult]:
+        """Accept a batch of reports: one database round trip, one round of acks."""
+        now = self._clock()
+        results: list[UsageResult | None] = []
+        claims: list[Claim] = []
+        for report in reports:
+            problems = usage_problems(report, self._card, self._window, now)
+            if problems:
+                results.append(UsageResult("invalid", problems=problems))
+                continue
+            results.append(None)
+            event_id = uuid.uuid4()
+            claims.append(
+                Claim(
+                    scope=f"usage:{report.account_id}",
+                    key=report.request_id,
+                    body_hash=body_hash(report.model_dump(mode="json")),
+                    event_id=event_id,
+                    account_id=report.account_id,
+                    envelope=envelope(
+                        "UsageRecorded",
+                        usage_recorded(report),
+                        event_id=event_id,
+                        account_id=report.account_id,
+                        occurred_at=report.occurred_at,
+                        recorded_at=now,
+                    ),
+                    response={},
+                )
+            )
+        claimed = await self._log.claim(claims) if claims else []
+        await self._publish(claimed)
+        judged = iter(
+            _usage_result(c, report_id=claim.key) for c, claim in zip(claimed, claims, strict=True)
+        )
+        return [result if result is not None else next(judged) for result in results]
+
+    async def accept_command(self, command: PlanCommand) -> CommandResult:
+        """Append one plan fact, changing the directory in the same transaction as its claim."""
+        digest = body_hash(command.body)
+        for attempt in range(2):
+            try:
+                claimed = await self._claim_command(command, digest)
+                break
+            except asyncpg.UniqueViolationError:
+                if attempt:  # a concurrent command took the same id twice in a row
+                    raise
+        await self._publish([claimed])
+        return CommandResult(claimed.outcome, claimed.event_id, claimed.response)
+
+    async def _claim_command(self, command: PlanCommand, digest: bytes) -> Claimed:
+        async with self._pool.acquire() as conn, conn.transaction():
+            earlier = await self._log.find(command.scope, command.key, digest, conn)
+            if earlier is not None:
+                return earlier
+            account_id = await command.apply_to_directory(conn)
+            event_id = uuid.uuid4()
+            claim = Claim(
+                scope=command.scope,
+                key=command.key,
+                body_hash=digest,
+                event_id=event_id,
+                account_id=account_id,
+                envelope=envelope(
+                    command.event_type,
+                    command.payload,
+                    event_id=event_id,
+                    account_id=account_id,
+                    occurred_at=command.occurred_at,
+                    recorded_at=self._clock(),
+                ),
+                response={"event_id": str(event_id), **command.response},
+            )
+            [claimed] = await self._log.claim([claim], conn)
+            return claimed
+
+    async def republish_unconfirmed(self, older_than_seconds: float, limit: int = 500) -> int:
+        """The relay's work: publish facts stored but never acknowledged; returns how many."""
+        stale = await self._log.unpublished(older_than_seconds, limit)
+        await self._publish(stale)
+        return len(stale)
+
+    async def _publish(self, claimed: Sequence[Claimed]) -> None:
+        due = {c.event_id: c for c in claimed if c.outcome in (Outcome.NEW, Outcome.UNCONFIRMED)}
+        messages = [Outgoing(EVENTS, c.account_id, c.envelope) for c in due.values() if c.envelope]
+        await publish_all(self._broker, messages)
+        await self._log.mark_published(list(due))
+
+
+def _usage_result(claimed: Claimed, report_id: str) -> UsageResult:
+    if claimed.outcome is Outcome.CONFLICT:
+        return UsageResult(
+            "conflict",
+            claimed.event_id,
+            [
+                (
+                    "request_id",
+                    f"'{report_id}' was already used for a different report "
+                    f"(event {claimed.event_id}); a retry must resend the same body",
+                )
+            ],
+        )
+    if claimed.outcome is Outcome.DUPLICATE:
+        return UsageResult("duplicate", claimed.event_id)
+    return UsageResult("accepted", claimed.event_id)
