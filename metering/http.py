@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 PROBLEM_JSON = "application/problem+json"
@@ -44,7 +45,8 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 
 async def _validation_problem(_request: Request, error: Exception) -> Response:
-    assert isinstance(error, RequestValidationError)
+    """422 for a body that fails its model, or a value that fails a model built from it."""
+    assert isinstance(error, RequestValidationError | ValidationError)
     errors = [
         {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
         for e in error.errors()
@@ -92,6 +94,7 @@ def create_app(
     """A FastAPI app with the endpoints every service shares."""
     app = FastAPI(title=f"metering {service}", version=version, lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, _validation_problem)
+    app.add_exception_handler(ValidationError, _validation_problem)
     app.add_exception_handler(Unauthorized, _unauthorized_problem)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

@@ -1,8 +1,8 @@
 """Request and response bodies of the HTTP APIs (contract.md). Credits are decimal strings."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas.base import Contract, Count, EventId, Identifier, Tier, Timestamp, ToolCalls
 from schemas.results import ComponentName, SeatStatus, SeatStatusReason
@@ -82,6 +82,13 @@ class SubscriptionCreate(Contract):
     subscription_id: Identifier
     started_at: Timestamp
     expires_at: Timestamp | None = None
+    """None: the subscription renews until cancelled."""
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Self:
+        if self.expires_at is not None and self.expires_at <= self.started_at:
+            raise ValueError("expires_at must be later than started_at")
+        return self
 
 
 class SeatCreate(Contract):
@@ -221,6 +228,121 @@ class QuoteResponse(Contract):
     coefficient: str
 
 
+class PaidFrom(Contract):
+    """One bucket's share of a deduction."""
+
+    product: Literal["seat_quota", "shared_pack"]
+    bucket_id: Identifier
+    """The seat month (``seat-1:2026-05``) or the pack id."""
+    credits: Credits
+
+
+class UsageRow(Contract):
+    """One deduction (one model request): its usage, its price and what paid for it."""
+
+    deducted_at: Timestamp
+    """When the request happened (the usage's time decides its seat month and packs)."""
+    request_id: Identifier
+    event_id: EventId
+    """Id of the ``CreditsDeducted`` result on metering.ledger.v1."""
+    seat_id: Identifier
+    key_id: Identifier
+    model: Identifier
+    tier: Tier
+    input_tokens: Count
+    cached_tokens: Count
+    output_tokens: Count
+    thinking: bool
+    images: Count
+    tool_calls: ToolCalls
+    coefficient: str
+    rate_card_version: Identifier
+    credits: Credits
+    """The request's price; ``sum(paid_from) + shortfall``."""
+    paid_from: list[PaidFrom]
+    shortfall: Credits
+    """What no bucket covered (the last request before suspension may overshoot)."""
+
+
+class UsagePage(Contract):
+    rows: list[UsageRow]
+    """Newest first."""
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next (older) page; null on the last page."""
+
+
+class Balances(Contract):
+    seat: Credits
+    shared: Credits
+    total: Credits
+
+
+class StatementSeat(Contract):
+    seat_id: Identifier
+    member: Identifier
+    tier: Tier
+    """The seat's tier for this month."""
+    quota: Credits
+    opening: Credits
+    added: Credits
+    """The quota of a seat added during the month."""
+    used: Credits
+    """Drawn from the seat quota."""
+    forfeited: Credits
+    """Left when the seat was removed during the month."""
+    closing: Credits
+    shared_used: Credits
+    """Drawn from the shared packs by this seat's requests."""
+    shortfall: Credits
+    requests: Count
+
+
+class StatementModel(Contract):
+    model: Identifier
+    requests: Count
+    credits: Credits
+    """Sum of the requests' prices (buckets and shortfall)."""
+    shortfall: Credits
+
+
+class StatementPack(Contract):
+    pack_id: Identifier
+    purchased_at: Timestamp
+    expires_at: Timestamp
+    opening: Credits
+    added: Credits
+    """625,000 for a pack bought during the month."""
+    used: Credits
+    expired: Credits
+    """Unused when the pack expired during the month."""
+    closing: Credits
+
+
+class Statement(Contract):
+    """One subscription month: ``closing = opening + added - deducted - expired``."""
+
+    subscription_id: Identifier
+    month: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}$")]
+    """The subscription month that starts in this calendar month."""
+    period_start: Timestamp
+    period_end: Timestamp
+    opening: Balances
+    """Available at the period start."""
+    added: Balances
+    """Seats added and packs bought during the period."""
+    deducted: Balances
+    """Paid by the seat quotas and the packs."""
+    expired: Balances
+    """Packs that expired and seats removed during the period, with what they had left."""
+    closing: Balances
+    """Available just before the period ends (before seat quotas reset)."""
+    shortfall: Credits
+    requests: Count
+    seats: list[StatementSeat]
+    models: list[StatementModel]
+    packs: list[StatementPack]
+
+
 API_MODELS: tuple[type[Contract], ...] = (
     UsageReport,
     UsageAccepted,
@@ -241,5 +363,7 @@ API_MODELS: tuple[type[Contract], ...] = (
     SubscriptionOverview,
     QuoteRequest,
     QuoteResponse,
+    UsagePage,
+    Statement,
 )
 """Every top-level HTTP body, for the generated JSON Schema."""

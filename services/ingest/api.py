@@ -12,7 +12,15 @@ from pydantic import ValidationError
 
 from ingest import directory
 from ingest.acceptance import Outcome
-from ingest.intake import CommandResult, DirectoryError, Intake, PlanCommand, UsageResult
+from ingest.facts import FieldProblem
+from ingest.intake import (
+    CommandResult,
+    DirectoryError,
+    Intake,
+    PlanCommand,
+    UsageResult,
+    count_usage,
+)
 from metering.apikeys import key_hash, new_api_key
 from metering.http import bearer_guard, problem
 from metering.publishing import BrokerUnavailable
@@ -32,6 +40,7 @@ from schemas.api import (
     UsageBatchResponse,
     UsageReport,
 )
+from schemas.base import Contract
 from schemas.facts import (
     ApiKeyIssued,
     ApiKeyRevoked,
@@ -80,13 +89,15 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         tags=["usage"],
         summary="Report one model call's usage",
         responses={200: {"model": UsageAccepted, "description": "already accepted"}},
+        response_model=UsageAccepted,
+        openapi_extra=_json_body(UsageReport),
     )
-    async def post_usage(report: UsageReport, intake: IntakeDep) -> Response:
-        [result] = await _accepting(intake.accept_usage([report]))
+    async def post_usage(request: Request, intake: IntakeDep) -> Response:
+        [result] = await _accept_reports(intake, [await _json(request)])
         if result.status == "invalid":
             return _invalid(result.problems)
         if result.status == "conflict":
-            return problem(409, "Conflicting report", result.problems[0][1])
+            return problem(409, "Conflicting report", result.problems[0].message)
         body = UsageAccepted(event_id=str(result.event_id), duplicate=result.status == "duplicate")
         return JSONResponse(body.model_dump(), status_code=200 if body.duplicate else 202)
 
@@ -95,27 +106,16 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         dependencies=[reporter],
         tags=["usage"],
         summary=f"Report up to {MAX_BATCH} model calls; one result per report, in order",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": UsageBatchRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_json_body(UsageBatchRequest),
     )
     async def post_usage_batch(request: Request, intake: IntakeDep) -> UsageBatchResponse:
-        raw_reports = await _batch_of_reports(request)
-        parsed: list[UsageReport | list[tuple[str, str]]] = []
-        for raw in raw_reports:
-            try:
-                parsed.append(UsageReport.model_validate(raw))
-            except ValidationError as error:
-                parsed.append(_field_problems(error))
-        valid = [p for p in parsed if isinstance(p, UsageReport)]
-        accepted = iter(await _accepting(intake.accept_usage(valid)))
-        results = [
-            next(accepted) if isinstance(p, UsageReport) else UsageResult("invalid", problems=p)
-            for p in parsed
-        ]
+        document = await _json(request)
+        if not isinstance(document, dict) or set(document) != {"reports"}:
+            raise _BadBody('the body must be an object with one field, "reports"')
+        reports = document["reports"]
+        if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
+            raise _BadBody(f'"reports" must be a list of 1 to {MAX_BATCH} usage reports')
+        results = await _accept_reports(intake, reports)
         return UsageBatchResponse.model_validate({"results": [_batch_item(r) for r in results]})
 
     @router.post(
@@ -287,12 +287,39 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
     return router
 
 
-async def _accepting(accepting: Any) -> list[UsageResult]:
+async def _accept_reports(intake: Intake, documents: list[Any]) -> list[UsageResult]:
+    """Validate each report on its own (one bad report does not sink a batch), accept the
+    valid ones, and answer for all, in order."""
+    parsed: list[UsageReport | list[FieldProblem]] = []
+    for document in documents:
+        try:
+            parsed.append(UsageReport.model_validate(document))
+        except ValidationError as error:
+            parsed.append(_field_problems(error))
+    valid = [p for p in parsed if isinstance(p, UsageReport)]
     try:
-        results: list[UsageResult] = await accepting
+        accepted = iter(await intake.accept_usage(valid))
     except BrokerUnavailable as error:
         raise _Unavailable from error
+    results = [
+        next(accepted) if isinstance(p, UsageReport) else UsageResult("invalid", problems=p)
+        for p in parsed
+    ]
+    count_usage(results)
     return results
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise _BadBody(f"the body is not JSON: {error}") from None
+
+
+def _json_body(model: type[Contract]) -> dict[str, Any]:
+    """OpenAPI for a JSON body the route parses itself (to answer per field, per report)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 class _Unavailable(Exception):
@@ -320,32 +347,27 @@ async def _command_answer(intake: Intake, command: PlanCommand, *, created: bool
     return JSONResponse(body, status_code=201 if created and not repeated else 200)
 
 
-async def _batch_of_reports(request: Request) -> list[Any]:
-    """The batch's `reports` list, refusing a body that is not one (whole-request errors)."""
-    try:
-        document = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as error:
-        raise _BadBatch(f"the body is not JSON: {error}") from None
-    if not isinstance(document, dict) or set(document) != {"reports"}:
-        raise _BadBatch('the body must be an object with one field, "reports"')
-    reports = document["reports"]
-    if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
-        raise _BadBatch(f'"reports" must be a list of 1 to {MAX_BATCH} usage reports')
-    return reports
+class _BadBody(Exception):
+    """The body as a whole is unusable (not JSON, not a batch): 422 without per-field detail."""
 
 
-class _BadBatch(Exception):
-    pass
+def _field_problems(error: ValidationError) -> list[FieldProblem]:
+    return [
+        FieldProblem(".".join(str(p) for p in e["loc"]) or "body", e["msg"], "malformed")
+        for e in error.errors()
+    ]
 
 
-def _field_problems(error: ValidationError) -> list[tuple[str, str]]:
-    return [(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in error.errors()]
+def _problem_fields(problems: list[FieldProblem]) -> dict[str, Any]:
+    """The `detail` and `errors` of a problem+json body listing every bad field."""
+    return {
+        "detail": "invalid fields: " + ", ".join(p.field for p in problems),
+        "errors": [{"field": p.field, "message": p.message} for p in problems],
+    }
 
 
-def _invalid(problems: list[tuple[str, str]]) -> Response:
-    fields = ", ".join(name for name, _ in problems)
-    errors = [{"field": name, "message": message} for name, message in problems]
-    return problem(422, "Invalid request", f"invalid fields: {fields}", errors=errors)
+def _invalid(problems: list[FieldProblem]) -> Response:
+    return problem(422, "Invalid request", **_problem_fields(problems))
 
 
 def _batch_item(result: UsageResult) -> dict[str, object]:
@@ -353,18 +375,16 @@ def _batch_item(result: UsageResult) -> dict[str, object]:
     if result.event_id is not None:
         item["event_id"] = str(result.event_id)
     if result.status == "invalid":
-        fields = ", ".join(name for name, _ in result.problems)
         item["problem"] = {
             "title": "Invalid report",
             "status": 422,
-            "detail": f"invalid fields: {fields}",
-            "errors": [{"field": f, "message": m} for f, m in result.problems],
+            **_problem_fields(result.problems),
         }
     elif result.status == "conflict":
         item["problem"] = {
             "title": "Conflicting report",
             "status": 409,
-            "detail": result.problems[0][1],
+            "detail": result.problems[0].message,
         }
     return item
 
@@ -386,9 +406,9 @@ def install_error_handlers(app: Any) -> None:
         assert isinstance(error, DirectoryError)
         return problem(error.status, error.title, error.detail)
 
-    async def bad_batch(_request: Request, error: Exception) -> Response:
+    async def bad_body(_request: Request, error: Exception) -> Response:
         return problem(422, "Invalid request", str(error))
 
     app.add_exception_handler(_Unavailable, unavailable)
     app.add_exception_handler(DirectoryError, directory_error)
-    app.add_exception_handler(_BadBatch, bad_batch)
+    app.add_exception_handler(_BadBody, bad_body)

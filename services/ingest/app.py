@@ -19,6 +19,7 @@ from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
+from ingest import metrics
 from ingest.api import build_router, install_error_handlers
 from ingest.facts import UsageWindow
 from ingest.intake import Intake
@@ -100,9 +101,10 @@ async def _accept_records(
             letters.append(dead_letter(record, f"unparseable usage report: {error}", now()))
     for record, result in zip(sources, await intake.accept_usage(reports), strict=True):
         if result.status in ("invalid", "conflict"):
-            reason = "; ".join(f"{field}: {message}" for field, message in result.problems)
+            reason = "; ".join(f"{p.field}: {p.message}" for p in result.problems)
             letters.append(dead_letter(record, f"{result.status} usage report: {reason}", now()))
     await publish_all(runtime.broker, letters)
+    metrics.DEAD_LETTERS.inc(len(letters))
 
 
 async def _relay(intake: Intake) -> None:

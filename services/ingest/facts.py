@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import orjson
 
@@ -25,35 +26,49 @@ class UsageWindow:
     max_lateness: timedelta
 
 
+class FieldProblem(NamedTuple):
+    """Why one field is refused: for the caller (`message`) and for metrics (`reason`)."""
+
+    field: str
+    message: str
+    reason: str
+
+
 def usage_problems(
     report: UsageReport, card: RateCard, window: UsageWindow, now: datetime
-) -> list[tuple[str, str]]:
-    """(field, message) for each reason to refuse an otherwise well-formed report."""
+) -> list[FieldProblem]:
+    """Each reason to refuse an otherwise well-formed report."""
     problems = []
     if report.occurred_at > now + window.max_future_skew:
         problems.append(
-            (
+            FieldProblem(
                 "occurred_at",
                 f"is more than {_human(window.max_future_skew)} in the future of ingest's clock "
                 f"({now.isoformat()}); check the gateway's clock",
+                "occurred_in_future",
             )
         )
     elif report.occurred_at < now - window.max_lateness:
         problems.append(
-            (
+            FieldProblem(
                 "occurred_at",
                 f"is older than the lateness bound of {_human(window.max_lateness)}; "
                 "usage this late is no longer accepted",
+                "occurred_too_late",
             )
         )
     try:
         models = card.in_force(report.occurred_at).models
     except NoRateCardInForce as error:
-        problems.append(("occurred_at", str(error)))
+        problems.append(FieldProblem("occurred_at", str(error), "no_rate_card_in_force"))
     else:
         if report.model not in models:
             problems.append(
-                ("model", f"model '{report.model}' not found or not supported by the rate card")
+                FieldProblem(
+                    "model",
+                    f"model '{report.model}' not found or not supported by the rate card",
+                    "unknown_model",
+                )
             )
     return problems
 

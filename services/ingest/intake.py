@@ -8,6 +8,7 @@ under that same id and nothing is ever counted twice.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from typing import Literal
 import asyncpg
 from faststream.kafka import KafkaBroker
 
+from ingest import metrics
 from ingest.acceptance import AcceptanceLog, Claim, Claimed, Outcome, body_hash
-from ingest.facts import UsageWindow, envelope, usage_problems, usage_recorded
+from ingest.facts import FieldProblem, UsageWindow, envelope, usage_problems, usage_recorded
 from metering.core.ratecard import RateCard
 from metering.db import Connection
-from metering.publishing import Outgoing, publish_all
+from metering.publishing import BrokerUnavailable, Outgoing, publish_all
 from metering.topics import EVENTS
 from schemas.api import UsageReport
 from schemas.base import Contract
@@ -36,8 +38,17 @@ class UsageResult:
 
     status: UsageStatus
     event_id: uuid.UUID | None = None
-    problems: list[tuple[str, str]] = field(default_factory=list)
-    """(field, message) pairs, for an invalid or conflicting report."""
+    problems: list[FieldProblem] = field(default_factory=list)
+    """Why an invalid or conflicting report was refused."""
+
+
+def count_usage(results: Sequence[UsageResult]) -> None:
+    """Record one call's results (HTTP or Kafka) in the metrics."""
+    metrics.BATCH_SIZE.observe(len(results))
+    for result in results:
+        metrics.USAGE_REPORTS.labels(result.status).inc()
+        for problem in result.problems:
+            metrics.REJECTIONS.labels(problem.reason).inc()
 
 
 class DirectoryError(Exception):
@@ -141,6 +152,7 @@ class Intake:
                 if attempt:  # a concurrent command took the same id twice in a row
                     raise
         await self._publish([claimed])
+        metrics.PLAN_COMMANDS.labels(command.event_type, claimed.outcome.value).inc()
         return CommandResult(claimed.outcome, claimed.event_id, claimed.response)
 
     async def _claim_command(self, command: PlanCommand, digest: bytes) -> Claimed:
@@ -173,12 +185,20 @@ class Intake:
         """The relay's work: publish facts stored but never acknowledged; returns how many."""
         stale = await self._log.unpublished(older_than_seconds, limit)
         await self._publish(stale)
+        metrics.RELAYED.inc(len(stale))
         return len(stale)
 
     async def _publish(self, claimed: Sequence[Claimed]) -> None:
         due = {c.event_id: c for c in claimed if c.outcome in (Outcome.NEW, Outcome.UNCONFIRMED)}
         messages = [Outgoing(EVENTS, c.account_id, c.envelope) for c in due.values() if c.envelope]
-        await publish_all(self._broker, messages)
+        started = time.perf_counter()
+        try:
+            await publish_all(self._broker, messages)
+        except BrokerUnavailable:
+            metrics.BROKER_UNAVAILABLE.inc()
+            raise
+        if messages:
+            metrics.BROKER_ACK_SECONDS.observe(time.perf_counter() - started)
         await self._log.mark_published(list(due))
 
 
@@ -188,10 +208,11 @@ def _usage_result(claimed: Claimed, report_id: str) -> UsageResult:
             "conflict",
             claimed.event_id,
             [
-                (
+                FieldProblem(
                     "request_id",
                     f"'{report_id}' was already used for a different report "
                     f"(event {claimed.event_id}); a retry must resend the same body",
+                    "conflict",
                 )
             ],
         )

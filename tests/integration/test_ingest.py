@@ -228,3 +228,20 @@ async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
     assert "unparseable usage report" in reasons
     assert "model 'gpt-9' not found" in reasons
     assert all(b["source_topic"] == USAGE_REPORTS for b in bodies)
+
+
+def test_metrics_count_results_and_reasons(ingest: httpx.Client) -> None:
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    ingest.post("/v1/usage", json=usage(account, "m-1"))
+    ingest.post("/v1/usage", json=usage(account, "m-2", model="gpt-9"))
+    ingest.post("/v1/usage", json=usage(account, "m-3", input_tokens=-5))
+    text = ingest.get("/metrics").text
+    for line in (
+        'metering_ingest_usage_reports_total{result="accepted"}',
+        'metering_ingest_usage_reports_total{result="invalid"}',
+        'metering_ingest_rejections_total{reason="unknown_model"}',
+        'metering_ingest_rejections_total{reason="malformed"}',
+        "metering_ingest_broker_ack_seconds_count",
+        "metering_ingest_batch_size_bucket",
+    ):
+        assert line in text, line
