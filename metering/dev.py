@@ -112,23 +112,34 @@ def wait_until_ready(services: list[RunningService], timeout: float = READY_TIME
             time.sleep(0.2)
 
 
+TRY_IT = """
+
+Try it: a subscription, a seat and its key, then the seed example's usage (3.18 credits).
+
+  AUTH="Authorization: Bearer {token}"
+  curl -s {ingest}/v1/subscriptions -H "$AUTH" -H 'Content-Type: application/json' \\
+    -d '{{"account_id": "acme", "subscription_id": "sub-1", "started_at": "2026-11-01T00:00:00Z"}}'
+  curl -s {ingest}/v1/subscriptions/sub-1/seats -H "$AUTH" -H 'Content-Type: application/json' \\
+    -d '{{"seat_id": "seat-ana", "tier": "standard", "member": "ana"}}'
+  curl -s -X POST {ingest}/v1/subscriptions/sub-1/seats/seat-ana/keys -H "$AUTH"
+  curl -s {ingest}/v1/usage -H "$AUTH" -H 'Content-Type: application/json' \\
+    -d '{{"request_id": "req-1", "account_id": "acme", "subscription_id": "sub-1",
+         "seat_id": "seat-ana", "key_id": "KEY_ID_FROM_ABOVE", "model": "qwen3.6-plus",
+         "occurred_at": "'$(date -u +%FT%TZ)'",
+         "input_tokens": 8349, "cached_tokens": 40794, "output_tokens": 573}}'
+  curl -s {ledger}/metrics | grep ^metering_
+
+Ctrl-C stops everything.
+"""
+
+
 def try_it(services: list[RunningService], token: str) -> str:
-    """The banner printed once everything is ready."""
+    """The banner printed once everything is ready: where things are and what to try."""
     urls = {s.name: s.url for s in services}
     lines = ["", "Token Plan metering is running.", ""]
     lines += [f"  {s.name:<7} {s.url}   (docs: {s.url}/docs, log: {s.log_path})" for s in services]
-    lines += [
-        "",
-        f"  admin token: {token}",
-        "",
-        "Try it:",
-        f"  curl -s {urls['ingest']}/readyz",
-        f"  curl -s {urls['ledger']}/metrics | grep metering_",
-        f"  curl -s {urls['quota']}/healthz",
-        "",
-        "Ctrl-C stops everything.",
-    ]
-    return "\n".join(lines)
+    lines += ["", f"  admin token: {token}"]
+    return "\n".join(lines) + TRY_IT.format(token=token, **urls)
 
 
 def run(state_dir: Path, base_port: int = BASE_PORT) -> int:
