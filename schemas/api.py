@@ -1,10 +1,20 @@
 """Request and response bodies of the HTTP APIs (contract.md). Credits are decimal strings."""
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
-from schemas.base import Contract, Count, EventId, Identifier, Tier, Timestamp, ToolCalls
+from schemas.base import (
+    Contract,
+    Count,
+    EventId,
+    Identifier,
+    SubscriptionTerm,
+    Tier,
+    Timestamp,
+    ToolCalls,
+    UsageCounts,
+)
 from schemas.results import ComponentName, SeatStatus, SeatStatusReason
 
 Credits = Annotated[
@@ -18,7 +28,7 @@ MAX_BATCH = 1_000
 # -- ingest ------------------------------------------------------------------------------
 
 
-class UsageReport(Contract):
+class UsageReport(UsageCounts):
     """One model call, reported by the gateway. ``request_id`` is unique per account."""
 
     request_id: Identifier
@@ -29,12 +39,6 @@ class UsageReport(Contract):
     model: Identifier
     occurred_at: Timestamp
     """When the model call happened (RFC 3339 with a zone)."""
-    input_tokens: Count = 0
-    cached_tokens: Count = 0
-    output_tokens: Count = 0
-    thinking: bool = False
-    tool_calls: ToolCalls = Field(default_factory=dict)
-    images: Count = 0
     client: Identifier | None = None
     """The tool that made the call, if known."""
 
@@ -77,18 +81,9 @@ class UsageBatchResponse(Contract):
     """One per report, in the order of the request."""
 
 
-class SubscriptionCreate(Contract):
+class SubscriptionCreate(SubscriptionTerm):
     account_id: Identifier
     subscription_id: Identifier
-    started_at: Timestamp
-    expires_at: Timestamp | None = None
-    """None: the subscription renews until cancelled."""
-
-    @model_validator(mode="after")
-    def _ends_after_start(self) -> Self:
-        if self.expires_at is not None and self.expires_at <= self.started_at:
-            raise ValueError("expires_at must be later than started_at")
-        return self
 
 
 class SeatCreate(Contract):
@@ -201,14 +196,8 @@ class SubscriptionOverview(Contract):
 # -- ledger ------------------------------------------------------------------------------
 
 
-class QuoteRequest(Contract):
+class QuoteRequest(UsageCounts):
     model: Identifier
-    input_tokens: Count = 0
-    cached_tokens: Count = 0
-    output_tokens: Count = 0
-    thinking: bool = False
-    tool_calls: ToolCalls = Field(default_factory=dict)
-    images: Count = 0
     at: Timestamp | None = None
     """Price under the rate card in force at this time (default: now)."""
 

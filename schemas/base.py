@@ -3,14 +3,24 @@
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 """Version of every event and HTTP body in this package; bump it with the topic suffix."""
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+IDENTIFIER_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
+"""1 to 200 characters, none of them a control character (PostgreSQL cannot store NUL)."""
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 EventId = Annotated[
     str,
     StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
@@ -51,3 +61,28 @@ class Contract(BaseModel):
         object.__setattr__(instance, "__pydantic_extra__", None)
         object.__setattr__(instance, "__pydantic_private__", None)
         return instance
+
+
+class UsageCounts(Contract):
+    """What a model call used: the quantities pricing reads (design.md §3)."""
+
+    input_tokens: Count = 0
+    cached_tokens: Count = 0
+    output_tokens: Count = 0
+    thinking: bool = False
+    tool_calls: ToolCalls = Field(default_factory=dict)
+    images: Count = 0
+
+
+class SubscriptionTerm(Contract):
+    """When a subscription starts and, if it does not renew until cancelled, when it ends."""
+
+    started_at: Timestamp
+    expires_at: Timestamp | None = None
+    """None: the subscription renews until cancelled."""
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Self:
+        if self.expires_at is not None and self.expires_at <= self.started_at:
+            raise ValueError("expires_at must be later than started_at")
+        return self

@@ -4,24 +4,15 @@ A plan fact takes effect at its payload's explicit time (``started_at``, ``at``,
 ``purchased_at``) where it has one, otherwise at the envelope's ``occurred_at``.
 """
 
-from typing import Annotated, Self
+from typing import Annotated
 
-from pydantic import AwareDatetime, StringConstraints, model_validator
+from pydantic import AwareDatetime, StringConstraints
 
-from schemas.base import Contract, Count, Identifier, Tier, ToolCalls
+from schemas.base import Contract, Count, Identifier, SubscriptionTerm, Tier, ToolCalls
 
 
-class SubscriptionActivated(Contract):
+class SubscriptionActivated(SubscriptionTerm):
     subscription_id: Identifier
-    started_at: AwareDatetime
-    expires_at: AwareDatetime | None = None
-    """None: the subscription renews until cancelled."""
-
-    @model_validator(mode="after")
-    def _ends_after_start(self) -> Self:
-        if self.expires_at is not None and self.expires_at <= self.started_at:
-            raise ValueError("expires_at must be later than started_at")
-        return self
 
 
 class SubscriptionCancelled(Contract):

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
@@ -40,7 +40,7 @@ from schemas.api import (
     UsageBatchResponse,
     UsageReport,
 )
-from schemas.base import Contract
+from schemas.base import IDENTIFIER_PATTERN, Contract
 from schemas.facts import (
     ApiKeyIssued,
     ApiKeyRevoked,
@@ -72,6 +72,8 @@ def intake_of(request: Request) -> Intake:
 
 
 IntakeDep = Annotated[Intake, Depends(intake_of)]
+Id = Annotated[str, Path(pattern=IDENTIFIER_PATTERN)]
+"""An id in the URL: the same rule as ids in bodies."""
 
 
 def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRouter:
@@ -149,7 +151,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         tags=["plan"],
         summary="Add a seat (one member, one tier)",
     )
-    async def post_seat(subscription_id: str, body: SeatCreate, intake: IntakeDep) -> Response:
+    async def post_seat(subscription_id: Id, body: SeatCreate, intake: IntakeDep) -> Response:
         command = PlanCommand(
             scope="seat",
             key=body.seat_id,
@@ -168,8 +170,8 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         summary="Change a seat's tier (upgrade now, downgrade from next month)",
     )
     async def patch_seat(
-        subscription_id: str,
-        seat_id: str,
+        subscription_id: Id,
+        seat_id: Id,
         body: SeatUpdate,
         intake: IntakeDep,
         idempotency_key: IdempotencyKey = None,
@@ -196,8 +198,8 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         response_model=ApiKeyCreated,
     )
     async def post_key(
-        subscription_id: str,
-        seat_id: str,
+        subscription_id: Id,
+        seat_id: Id,
         intake: IntakeDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
@@ -232,7 +234,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
     @router.delete(
         "/keys/{key_id}", dependencies=[admin], tags=["plan"], summary="Revoke an API key"
     )
-    async def delete_key(key_id: str, intake: IntakeDep) -> Response:
+    async def delete_key(key_id: Id, intake: IntakeDep) -> Response:
         now = clock()
         command = PlanCommand(
             scope="key-revoked",
@@ -252,7 +254,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         tags=["plan"],
         summary="Buy a shared quota pack (625,000 credits, valid one month)",
     )
-    async def post_pack(subscription_id: str, body: PackPurchase, intake: IntakeDep) -> Response:
+    async def post_pack(subscription_id: Id, body: PackPurchase, intake: IntakeDep) -> Response:
         command = PlanCommand(
             scope="pack",
             key=body.pack_id,
@@ -271,7 +273,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         summary="Cancel a subscription: its seats are suspended from `at`",
     )
     async def post_cancel(
-        subscription_id: str, body: SubscriptionCancel, intake: IntakeDep
+        subscription_id: Id, body: SubscriptionCancel, intake: IntakeDep
     ) -> Response:
         command = PlanCommand(
             scope="cancel",

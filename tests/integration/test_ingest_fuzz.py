@@ -26,7 +26,8 @@ def test_no_input_makes_a_server_error(services: dict[str, str]) -> None:
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=30,
+            max_examples=60,
+            derandomize=True,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
