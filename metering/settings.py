@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metering.core.ratecard import RateCard, RateCardError, load_rate_card
 from metering.topics import DLQ, EVENTS, LEDGER, SEAT_STATUS
 
 DEFAULT_RATE_CARD = Path(__file__).parent / "ratecards" / "default.yaml"
@@ -59,6 +60,17 @@ class Settings(BaseSettings):
     ledger_consumer_group: str = Field(
         "metering-ledger", description="consumer group of the ledger replicas"
     )
+    quota_consumer_group: str = Field(
+        "metering-quota",
+        description="consumer group of quota; give each quota replica its own, so that each "
+        "keeps a complete projection",
+    )
+    quota_status_interval_seconds: float = Field(
+        1.0, gt=0, description="how often quota looks for seat statuses changed by time"
+    )
+    quota_failed_keys_per_minute: int = Field(
+        20, ge=1, description="failed API keys one client address may present per minute"
+    )
 
     def tokens(self, *names: str) -> list[str]:
         """The values of the named token settings that are set (for `bearer_guard`)."""
@@ -85,6 +97,13 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// (e.g. postgresql://user@host/db)")
         return value
+
+    def rate_card(self) -> RateCard:
+        """The rate card at `rate_card_path`, or a clean stop that says what is wrong with it."""
+        try:
+            return load_rate_card(self.rate_card_path)
+        except RateCardError as error:
+            raise SettingsError(f"RATE_CARD_PATH: {error}") from None
 
     def required_secret(self, name: str, purpose: str) -> str:
         """The value of a secret setting a service cannot run without, or a clear exit."""

@@ -152,11 +152,14 @@ class AuthorizeDenied(Contract):
         "image_model_on_text_endpoint",
         "input_length_out_of_range",
         "seat_suspended",
+        "too_many_failed_keys",
     ]
     message: str
     """The product's documented error text (design.md §5)."""
     resets_at: Timestamp | None = None
     """For a suspended seat: when its quota refills."""
+    reason: SeatStatusReason | None = None
+    """For a suspended seat: why (quota exhausted, subscription expired or cancelled, ...)."""
 
 
 class SeatBalance(Contract):
@@ -177,7 +180,10 @@ class PackBalance(Contract):
     pack_id: Identifier
     purchased_at: Timestamp
     expires_at: Timestamp
+    used: Credits
     remaining: Credits
+    expires_in_seconds: Count
+    """Countdown to ``expires_at`` from the time of the answer."""
 
 
 class SubscriptionOverview(Contract):

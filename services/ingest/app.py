@@ -23,12 +23,11 @@ from ingest import metrics
 from ingest.api import build_router, install_error_handlers
 from ingest.facts import UsageWindow
 from ingest.intake import Intake
-from metering.core.ratecard import RateCardError, load_rate_card
 from metering.deadletters import dead_letter
 from metering.http import create_app
 from metering.publishing import BrokerUnavailable, Outgoing, publish_all
 from metering.runtime import ServiceRuntime
-from metering.settings import Settings, SettingsError
+from metering.settings import Settings
 from metering.topics import USAGE_REPORTS
 from schemas.api import UsageReport
 
@@ -44,10 +43,7 @@ def now() -> datetime:
 
 
 def build_app(settings: Settings) -> FastAPI:
-    try:
-        card = load_rate_card(settings.rate_card_path)
-    except RateCardError as error:
-        raise SettingsError(f"RATE_CARD_PATH: {error}") from None
+    card = settings.rate_card()
     key_hash_secret = settings.required_secret(
         "api_key_hash_secret", "ingest stores member API keys only as keyed hashes"
     )

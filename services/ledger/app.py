@@ -1,21 +1,44 @@
-"""Wiring of the ledger service: it folds the event log into credit deductions."""
+"""Wiring of the ledger service: it folds the event log into credit deductions.
+
+A `ProjectionConsumer` (group `LEDGER_CONSUMER_GROUP`) applies batches of the events topic
+to PostgreSQL exactly once through the `LedgerProjection`; an `OutboxRelay` publishes what
+the batches produced; the HTTP API reads the ledger.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from metering.http import create_app
-from metering.metrics import MESSAGES_CONSUMED
+from ledger import metrics
+from ledger.api import ledger_router
+from ledger.projection import OUTBOX, LedgerProjection, LedgerTopics
+from metering.http import bearer_guard, create_app
+from metering.outbox import OutboxRelay
+from metering.projection import ProjectionConsumer
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
-from metering.topics import EVENTS
 
 
 def build_app(settings: Settings) -> FastAPI:
+    card = settings.rate_card()
     runtime = ServiceRuntime("ledger", settings)
-
-    @runtime.batch_subscriber(EVENTS, group_id="metering-ledger")
-    async def consume(messages: list[bytes]) -> None:
-        MESSAGES_CONSUMED.labels(EVENTS).inc(len(messages))
-
-    return create_app("ledger", runtime.lifespan, runtime.readiness)
+    pool = lambda: runtime.pool  # noqa: E731 - the pool exists once the service has started
+    relay = OutboxRelay(OUTBOX, pool, runtime.broker, metrics.OUTBOX_BACKLOG)
+    topics = LedgerTopics(settings.ledger_topic, settings.dlq_topic)
+    consumer = ProjectionConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=settings.events_topic,
+        group=settings.ledger_consumer_group,
+        client_id="metering-ledger",
+        pool=pool,
+        projection=LedgerProjection(card, topics, on_commit=relay.wake),
+        lag=metrics.CONSUMER_LAG,
+        batch_seconds=metrics.TRANSACTION_SECONDS,
+        batch_size=metrics.BATCH_SIZE,
+    )
+    runtime.add_worker(relay)
+    runtime.add_worker(consumer)
+    app = create_app("ledger", runtime.lifespan, runtime.readiness)
+    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
+    app.include_router(ledger_router(card, pool, guard))
+    return app

@@ -1,0 +1,132 @@
+"""A transactional outbox: messages written with a projection, published afterwards.
+
+A consumer adds the messages its batch produced to an outbox table in the batch's own
+transaction, so they exist exactly when the batch's effects do. The relay then publishes
+unpublished rows in insertion order, with the broker's acknowledgement, and marks them
+published: at least once, never out of order (one relay at a time holds the table's lock).
+
+The table needs the columns `id` (identity, the order), `topic`, `key`, `value` (bytea),
+`published_at` (null until acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+from prometheus_client import Gauge
+
+from metering.backoff import Backoff, wait_for_event
+from metering.db import Connection
+from metering.publishing import BrokerUnavailable, Outgoing, publish_all
+
+log = logging.getLogger(__name__)
+
+_TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class Outbox:
+    """One outbox table."""
+
+    def __init__(self, table: str) -> None:
+        if not _TABLE_NAME.match(table):
+            raise ValueError(f"{table!r} is not a plain table name")
+        self.table = table
+
+    async def add(self, conn: Connection, messages: Sequence[Outgoing]) -> None:
+        """Append `messages` in order, within the caller's transaction."""
+        if messages:
+            await conn.copy_records_to_table(
+                self.table,
+                records=[(m.topic, m.key, m.value) for m in messages],
+                columns=["topic", "key", "value"],
+            )
+
+
+class OutboxRelay:
+    """Publishes an outbox's rows in order and marks them published (a service `Worker`).
+
+    Polls every `idle_seconds`, or at once after `wake()`; backs off while the broker does
+    not acknowledge. Replicas take turns through a transaction-scoped advisory lock.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        pool: Callable[[], asyncpg.Pool],
+        broker: KafkaBroker,
+        backlog: Gauge,
+        *,
+        batch_size: int = 1000,
+        idle_seconds: float = 1.0,
+    ) -> None:
+        self._outbox = outbox
+        self._pool = pool
+        self._broker = broker
+        self._backlog = backlog
+        self._batch_size = batch_size
+        self._idle_seconds = idle_seconds
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._backoff = Backoff(self._stopping)  # new rows do not cut a back-off short
+        self._task: asyncio.Task[None] | None = None
+        table = outbox.table
+        self._lock_key = f"outbox:{table}"
+        self._select = (
+            f"SELECT id, topic, key, value FROM {table} "
+            "WHERE published_at IS NULL ORDER BY id LIMIT $1"
+        )
+        self._mark = f"UPDATE {table} SET published_at = now() WHERE id = ANY($1::bigint[])"
+        self._count = f"SELECT count(*) FROM {table} WHERE published_at IS NULL"
+
+    def wake(self) -> None:
+        """New rows were committed: publish them without waiting for the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay {self._outbox.table}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    def ready(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                published = await self.publish_some()
+            except Exception as error:
+                if isinstance(error, BrokerUnavailable):
+                    log.warning("outbox relay: broker unavailable", extra={"error": str(error)})
+                else:
+                    log.exception("outbox relay failed")
+                await self._backoff.pause()
+                continue
+            self._backoff.reset()
+            if not published:
+                await wait_for_event(self._wake, self._idle_seconds)
+
+    async def publish_some(self) -> int:
+        """Publish the oldest unpublished rows (one batch); returns how many were published."""
+        async with self._pool().acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtext($1))", self._lock_key
+            ):
+                return 0  # another replica's relay is publishing
+            rows = await conn.fetch(self._select, self._batch_size)
+            if rows:
+                await publish_all(
+                    self._broker, [Outgoing(r["topic"], r["key"], r["value"]) for r in rows]
+                )
+                await conn.execute(self._mark, [r["id"] for r in rows])
+            self._backlog.set(await conn.fetchval(self._count))
+            return len(rows)

@@ -1,0 +1,285 @@
+"""A consumer-group member that projects a topic into PostgreSQL with exactly-once effect.
+
+Kafka's committed offsets are not used: each batch's projection and the next offset of every
+partition in it are written in one PostgreSQL transaction, and on start and on every
+rebalance each assigned partition is sought to the offset stored there (the earliest when
+none is). The offset write is fenced: it succeeds only if the stored offset is still the one
+this member last read or wrote, so a member that lost a partition during a rebalance, or a
+zombie that missed its revocation, can never write a batch twice.
+
+The projection may cache what it derived from its partitions in memory; it is told to
+forget it whenever that memory may have diverged from the database (a failed transaction,
+a partition gained or lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol, TypeAlias
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from prometheus_client import Gauge, Histogram
+
+from metering.backoff import Backoff
+from metering.db import Connection
+from metering.metrics import MESSAGES_CONSUMED
+from metering.runtime import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+class Projection(Protocol):
+    """What a `ProjectionConsumer` feeds."""
+
+    async def apply(self, conn: Connection, records: Sequence[Record]) -> None:
+        """Write the effect of `records` within the open transaction on `conn`."""
+
+    def committed(self) -> None:
+        """The last `apply` was committed."""
+
+    def rolled_back(self) -> None:
+        """The last `apply` was not committed: drop what it changed in memory."""
+
+    def forget(self, partitions: Collection[int]) -> None:
+        """Drop in-memory state derived from these partitions (gained or lost)."""
+
+
+class OffsetsMoved(RuntimeError):
+    """Another member wrote a partition's offset since we read it: we no longer own it."""
+
+
+class StoredOffsets:
+    """The `consumer_offsets` rows of one group and topic."""
+
+    def __init__(self, group: str, topic: str) -> None:
+        self.group = group
+        self.topic = topic
+
+    async def load(self, conn: Connection, partitions: Collection[int]) -> dict[int, int]:
+        rows = await conn.fetch(
+            "SELECT partition, next_offset FROM consumer_offsets "
+            "WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::int[])",
+            self.group,
+            self.topic,
+            list(partitions),
+        )
+        return {row["partition"]: row["next_offset"] for row in rows}
+
+    async def advance(self, conn: Connection, moves: dict[int, tuple[int | None, int]]) -> None:
+        """Set each partition's next offset from `expected` (None: no row yet) to a new one.
+
+        Raises `OffsetsMoved` when any stored offset is not the expected one; the caller's
+        transaction must then be rolled back.
+        """
+        partitions = list(moves)
+        advanced = await conn.fetchval(
+            """
+            WITH moves AS (
+                SELECT * FROM unnest($3::int[], $4::bigint[], $5::bigint[])
+                    AS m(partition, expected, next_offset)
+            ), written AS (
+                INSERT INTO consumer_offsets AS o (consumer_group, topic, partition, next_offset)
+                SELECT $1, $2, partition, next_offset FROM moves
+                ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+                    SET next_offset = EXCLUDED.next_offset, updated_at = now()
+                    WHERE o.next_offset = (
+                        SELECT expected FROM moves WHERE moves.partition = EXCLUDED.partition)
+                RETURNING 1
+            )
+            SELECT count(*) FROM written
+            """,
+            self.group,
+            self.topic,
+            partitions,
+            [-1 if moves[p][0] is None else moves[p][0] for p in partitions],
+            [moves[p][1] for p in partitions],
+        )
+        if advanced != len(partitions):
+            raise OffsetsMoved(f"stored offsets of {self.topic} {partitions} moved under us")
+
+
+class ProjectionConsumer:
+    """Reads `topic` in batches as a member of `group` and applies each batch exactly once.
+
+    A service `Worker`: `ready()` says whether it holds partitions. `lag` (a gauge labelled
+    by partition) and `batch_seconds` / `batch_size` (histograms) are the caller's metrics.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group: str,
+        client_id: str,
+        pool: Callable[[], asyncpg.Pool],
+        projection: Projection,
+        lag: Gauge,
+        batch_seconds: Histogram,
+        batch_size: Histogram,
+        max_records: int = 1000,
+    ) -> None:
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._offsets = StoredOffsets(group, topic)
+        self._pool = pool
+        self._projection = projection
+        self._lag = lag
+        self._batch_seconds = batch_seconds
+        self._batch_size = batch_size
+        self._max_records = max_records
+        self._next: dict[int, int | None] = {}
+        """Per owned partition: the offset stored in PostgreSQL (None: no row yet)."""
+        self._lock = asyncio.Lock()
+        """Held while a batch is applied and while partitions change hands."""
+        self._stopping = asyncio.Event()
+        self._backoff = Backoff(self._stopping)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def topic(self) -> str:
+        return self._offsets.topic
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self._offsets.group,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+        )
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consume {self.topic}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then leave the group."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def ready(self) -> bool:
+        consumer = self._consumer
+        running = self._task is not None and not self._task.done()
+        return running and consumer is not None and bool(consumer.assignment())
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            try:
+                fetched = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
+                async with self._lock:
+                    failed = bool(fetched) and await self._apply(fetched)
+                self._report_lag(consumer)
+            except Exception:
+                log.exception("consumer loop failed; retrying")
+                failed = True
+            if failed:
+                await self._backoff.pause()
+            else:
+                self._backoff.reset()
+
+    async def _apply(self, fetched: dict[TopicPartition, list[Record]]) -> bool:
+        """Apply one fetched batch in one transaction; returns whether it failed."""
+        batch = {tp.partition: records for tp, records in fetched.items() if records}
+        out_of_step = [p for p, records in batch.items() if not self._in_step(p, records)]
+        if out_of_step:  # fetched before a seek, or never sought: re-read from the stored offset
+            await self._seek_to_stored(out_of_step)
+            for partition in out_of_step:
+                del batch[partition]
+        if not batch:
+            return False
+        records = [r for partition in sorted(batch) for r in batch[partition]]
+        moves = {p: (self._next[p], records_[-1].offset + 1) for p, records_ in batch.items()}
+        started = time.perf_counter()
+        try:
+            async with self._pool().acquire() as conn, conn.transaction():
+                await self._offsets.advance(conn, moves)
+                await self._projection.apply(conn, records)
+        except Exception as error:
+            self._projection.rolled_back()
+            if isinstance(error, OffsetsMoved):
+                log.info("partitions moved to another member", extra={"error": str(error)})
+            else:
+                log.exception("batch failed; it will be read again from the stored offsets")
+            with contextlib.suppress(Exception):
+                await self._seek_to_stored(list(batch))
+            return True
+        self._batch_seconds.observe(time.perf_counter() - started)
+        self._batch_size.observe(len(records))
+        MESSAGES_CONSUMED.labels(self.topic).inc(len(records))
+        for partition, (_, next_offset) in moves.items():
+            self._next[partition] = next_offset
+        self._projection.committed()
+        return False
+
+    def _in_step(self, partition: int, records: list[Record]) -> bool:
+        """Whether `records` continue exactly where the stored offset says we are."""
+        if partition not in self._next:
+            return False
+        stored = self._next[partition]
+        return stored is None or records[0].offset == stored
+
+    async def _seek_to_stored(self, partitions: Collection[int]) -> None:
+        """Seek owned `partitions` to their stored offsets and forget what was derived."""
+        consumer = self._consumer
+        assert consumer is not None
+        owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.topic}
+        partitions = [p for p in partitions if p in owned]
+        self._projection.forget(partitions)
+        async with self._pool().acquire() as conn:
+            stored = await self._offsets.load(conn, partitions)
+        for partition in partitions:
+            tp = TopicPartition(self.topic, partition)
+            self._next[partition] = stored.get(partition)
+            if partition in stored:
+                consumer.seek(tp, stored[partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        offsets = {str(p): stored.get(p, "earliest") for p in partitions}
+        log.info("sought to stored offsets", extra={"topic": self.topic, "offsets": offsets})
+
+    async def _assigned(self, partitions: Collection[TopicPartition]) -> None:
+        async with self._lock:
+            await self._seek_to_stored([tp.partition for tp in partitions])
+
+    async def _revoked(self, partitions: Collection[TopicPartition]) -> None:
+        async with self._lock:  # waits for the batch in hand
+            lost = [tp.partition for tp in partitions]
+            self._projection.forget(lost)
+            for partition in lost:
+                self._next.pop(partition, None)
+                with contextlib.suppress(KeyError):
+                    self._lag.remove(str(partition))
+
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is not None and tp.partition in self._next:
+                self._lag.labels(str(tp.partition)).set(end - (self._next[tp.partition] or 0))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka awaits these around every rebalance, before fetching for the new owner."""
+
+    def __init__(self, owner: ProjectionConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self._owner._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        await self._owner._assigned(assigned)
