@@ -1,21 +1,68 @@
-"""Wiring of the quota service: it keeps the live remaining-balance projection."""
+"""Wiring of the quota service: the gateway's decision point.
+
+A `ProjectionConsumer` (group `QUOTA_CONSUMER_GROUP`) folds metering.events.v1 into the
+in-memory `QuotaProjection` with the pure core, snapshotting each batch in PostgreSQL; an
+`OutboxRelay` publishes the seat statuses it decides to metering.seat-status.v1, and a
+`SeatStatusTimer` adds those that time alone changes. The HTTP API answers from memory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 from fastapi import FastAPI
 
-from metering.http import create_app
-from metering.metrics import MESSAGES_CONSUMED
+from metering.http import bearer_guard, create_app
+from metering.outbox import OutboxRelay
+from metering.projection import ProjectionConsumer
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
-from metering.topics import LEDGER
+from quota import metrics
+from quota.api import quota_router
+from quota.projection import OUTBOX, QuotaProjection
+from quota.ratelimit import FailedKeyLimiter
+from quota.timer import SeatStatusTimer
 
 
-def build_app(settings: Settings) -> FastAPI:
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAPI:
+    card = settings.rate_card()
+    key_hash_secret = settings.required_secret(
+        "api_key_hash_secret", "quota looks member API keys up by their keyed hash"
+    )
     runtime = ServiceRuntime("quota", settings)
-
-    @runtime.batch_subscriber(LEDGER, group_id="metering-quota")
-    async def consume(messages: list[bytes]) -> None:
-        MESSAGES_CONSUMED.labels(LEDGER).inc(len(messages))
-
-    return create_app("quota", runtime.lifespan, runtime.readiness)
+    pool = lambda: runtime.pool  # noqa: E731 - the pool exists once the service has started
+    relay = OutboxRelay(OUTBOX, pool, runtime.broker, metrics.OUTBOX_BACKLOG)
+    projection = QuotaProjection(
+        card,
+        pool,
+        group=settings.quota_consumer_group,
+        events_topic=settings.events_topic,
+        seat_status_topic=settings.seat_status_topic,
+        clock=clock,
+        on_commit=relay.wake,
+    )
+    consumer = ProjectionConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topic=settings.events_topic,
+        group=settings.quota_consumer_group,
+        client_id="metering-quota",
+        pool=pool,
+        projection=projection,
+        metrics=metrics.CONSUMER,
+    )
+    runtime.add_worker(projection)
+    runtime.add_worker(relay)
+    runtime.add_worker(consumer)
+    runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
+    app = create_app("quota", runtime.lifespan, runtime.readiness)
+    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
+    limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
+    app.include_router(
+        quota_router(projection.directory, card, key_hash_secret, limiter, clock, guard)
+    )
+    return app

@@ -1,0 +1,167 @@
+"""quota's HTTP API: the gateway's authorize, a seat's balance, a team's overview."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from metering.apikeys import key_hash
+from metering.core.money import to_decimal_string
+from metering.core.ratecard import RateCard
+from metering.core.views import SeatView, SubscriptionView, seat_view, subscription_view
+from metering.http import problem
+from quota import metrics
+from quota.authorize import authorize, presented_key
+from quota.directory import Directory
+from quota.ratelimit import FailedKeyLimiter
+from schemas.api import (
+    AuthorizeAllowed,
+    AuthorizeDenied,
+    AuthorizeRequest,
+    PackBalance,
+    SeatBalance,
+    SubscriptionOverview,
+)
+from schemas.base import Contract
+
+_DENIED = {status: {"model": AuthorizeDenied} for status in (400, 401, 403, 404, 429)}
+
+
+def quota_router(
+    directory: Directory,
+    card: RateCard,
+    key_hash_secret: str,
+    limiter: FailedKeyLimiter,
+    clock: Callable[[], datetime],
+    guard: Callable[[Request], Awaitable[None]],
+) -> APIRouter:
+    router = APIRouter()
+
+    def hash_key(api_key: str) -> str:
+        return key_hash(api_key, key_hash_secret)
+
+    @router.post(
+        "/v1/authorize",
+        tags=["gateway"],
+        summary="May this member API key call this model now?",
+        response_model=AuthorizeAllowed,
+        responses=_DENIED,  # type: ignore[arg-type]
+    )
+    async def post_authorize(body: AuthorizeRequest, request: Request) -> Response:
+        started = time.perf_counter()
+        api_key = presented_key(request.headers.get("authorization"))
+        decision = authorize(directory, api_key, hash_key, body, clock(), card)
+        retry_after = None
+        if decision.key_failed:
+            retry_after = limiter.failed(_client_address(request), time.monotonic())
+        metrics.AUTHORIZE_SECONDS.observe(time.perf_counter() - started)
+        if retry_after is not None:
+            metrics.AUTHORIZE_DECISIONS.labels("rate_limited", "too_many_failed_keys").inc()
+            return _too_many_failures(retry_after)
+        result = "allowed" if decision.status == 200 else "denied"
+        metrics.AUTHORIZE_DECISIONS.labels(result, decision.code).inc()
+        return _json(decision.status, decision.body)
+
+    @router.get(
+        "/v1/seats/{seat_id}",
+        tags=["console"],
+        summary="A seat's status and balances now",
+        response_model=SeatBalance,
+        dependencies=[Depends(guard)],
+    )
+    async def get_seat(seat_id: str) -> Response:
+        now = clock()
+        state = directory.account_of_seat(seat_id)
+        seat = None if state is None else seat_view(state, seat_id, now)
+        if seat is None:
+            return problem(404, "Not Found", f"seat '{seat_id}' is not known")
+        return _json(200, _seat_balance(seat))
+
+    @router.get(
+        "/v1/subscriptions/{subscription_id}/overview",
+        tags=["console"],
+        summary="The team overview: utilization, seats and packs now",
+        response_model=SubscriptionOverview,
+        dependencies=[Depends(guard)],
+    )
+    async def get_overview(subscription_id: str) -> Response:
+        now = clock()
+        state = directory.account_of_subscription(subscription_id)
+        view = None if state is None else subscription_view(state, subscription_id, now)
+        if view is None:
+            return problem(404, "Not Found", f"subscription '{subscription_id}' is not known")
+        return _json(200, _overview(view, now))
+
+    return router
+
+
+def _client_address(request: Request) -> str:
+    """The caller's address: the first `X-Forwarded-For` hop (the gateway passes the end
+    client's), else the peer. Put quota behind the gateway, never on the open network."""
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        return forwarded.split(",", 1)[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many_failures(retry_after: float) -> Response:
+    seconds = max(1, math.ceil(retry_after))
+    body = AuthorizeDenied(
+        allowed=False,
+        code="too_many_failed_keys",
+        message=f"Too many invalid API keys from this client: retry in {seconds} seconds.",
+    )
+    response = _json(429, body)
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def _json(status: int, body: Contract) -> Response:
+    return Response(body.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def _seat_balance(seat: SeatView) -> SeatBalance:
+    return SeatBalance(
+        subscription_id=seat.subscription_id,
+        seat_id=seat.seat_id,
+        member=seat.member,
+        status=seat.status,
+        reason=seat.reason,
+        tier=seat.tier,
+        quota=to_decimal_string(seat.quota_micro),
+        used=to_decimal_string(seat.used_micro),
+        remaining=to_decimal_string(seat.seat_remaining_micro),
+        shared_remaining=to_decimal_string(seat.shared_remaining_micro),
+        resets_at=seat.resets_at,
+    )
+
+
+def _overview(view: SubscriptionView, now: datetime) -> SubscriptionOverview:
+    basis_points = view.utilization_basis_points
+    return SubscriptionOverview(
+        subscription_id=view.subscription_id,
+        status=view.status,
+        utilization_percent=f"{basis_points // 100}.{basis_points % 100:02d}",
+        quota=to_decimal_string(view.quota_micro),
+        used=to_decimal_string(view.used_micro),
+        remaining=to_decimal_string(view.remaining_micro),
+        month_start=view.month_start,
+        month_end=view.month_end,
+        seats=[_seat_balance(seat) for seat in view.seats],
+        packs=[
+            PackBalance(
+                pack_id=pack.pack_id,
+                purchased_at=pack.purchased_at,
+                expires_at=pack.expires_at,
+                used=to_decimal_string(pack.used_micro),
+                remaining=to_decimal_string(pack.remaining_micro),
+                expires_in_seconds=max(0, int((pack.expires_at - now).total_seconds())),
+            )
+            for pack in view.packs
+        ],
+    )
