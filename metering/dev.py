@@ -114,7 +114,7 @@ def wait_until_ready(services: list[RunningService], timeout: float = READY_TIME
 
 TRY_IT = """
 
-Try it: a subscription, a seat and its key, then the seed example's usage (3.18 credits).
+Try it: a subscription, a seat and its key, the seed example's usage (3.18 credits), the balance.
 
   AUTH="Authorization: Bearer {token}"
   curl -s {ingest}/v1/subscriptions -H "$AUTH" -H 'Content-Type: application/json' \\
@@ -127,7 +127,10 @@ Try it: a subscription, a seat and its key, then the seed example's usage (3.18 
          "seat_id": "seat-ana", "key_id": "KEY_ID_FROM_ABOVE", "model": "qwen3.6-plus",
          "occurred_at": "'$(date -u +%FT%TZ)'",
          "input_tokens": 8349, "cached_tokens": 40794, "output_tokens": 573}}'
-  curl -s {ledger}/metrics | grep ^metering_
+  curl -s {quota}/v1/seats/seat-ana -H "$AUTH"                 # the balance: 24996.82 left
+  curl -s {quota}/v1/authorize -H "Authorization: Bearer API_KEY_FROM_ABOVE" \\
+    -H 'Content-Type: application/json' -d '{{"model": "qwen3.6-plus", "endpoint": "openai"}}'
+  curl -s {ledger}/v1/subscriptions/sub-1/usage -H "$AUTH"     # usage details; ?format=csv
 
 Ctrl-C stops everything.
 """

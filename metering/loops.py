@@ -1,9 +1,14 @@
-"""Pauses for background loops: doubling back-off after failures, cut short by a stop."""
+"""Background loops of a service (relays, timers): start, stop, readiness and pauses.
+
+A loop is a service `Worker`: started after the pool and the broker, stopped before them;
+it is ready while its task runs. Pauses end early when the service stops.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 
 
 async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
@@ -27,3 +32,28 @@ class Backoff:
     async def pause(self) -> None:
         self._seconds = min(self._cap, max(0.5, self._seconds * 2))
         await wait_for_event(self._stopping, self._seconds)
+
+
+class BackgroundLoop(ABC):
+    """Runs `run()` as a task until `stop()`; subclasses check `self.stopping` between rounds."""
+
+    name = "background loop"
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @abstractmethod
+    async def run(self) -> None:
+        """The loop; it must return soon after `self.stopping` is set."""
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=self.name)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self._task is not None:
+            await self._task
+
+    def ready(self) -> bool:
+        return self._task is not None and not self._task.done()

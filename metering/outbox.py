@@ -20,8 +20,8 @@ import asyncpg
 from faststream.kafka import KafkaBroker
 from prometheus_client import Gauge
 
-from metering.backoff import Backoff, wait_for_event
 from metering.db import Connection
+from metering.loops import BackgroundLoop, Backoff, wait_for_event
 from metering.publishing import BrokerUnavailable, Outgoing, publish_all
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Outbox:
             )
 
 
-class OutboxRelay:
+class OutboxRelay(BackgroundLoop):
     """Publishes an outbox's rows in order and marks them published (a service `Worker`).
 
     Polls every `idle_seconds`, or at once after `wake()`; backs off while the broker does
@@ -64,6 +64,8 @@ class OutboxRelay:
         batch_size: int = 1000,
         idle_seconds: float = 1.0,
     ) -> None:
+        super().__init__()
+        self.name = f"relay {outbox.table}"
         self._outbox = outbox
         self._pool = pool
         self._broker = broker
@@ -71,9 +73,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._idle_seconds = idle_seconds
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._backoff = Backoff(self._stopping)  # new rows do not cut a back-off short
-        self._task: asyncio.Task[None] | None = None
+        self._backoff = Backoff(self.stopping)  # new rows do not cut a back-off short
         table = outbox.table
         self._lock_key = f"outbox:{table}"
         self._select = (
@@ -87,20 +87,12 @@ class OutboxRelay:
         """New rows were committed: publish them without waiting for the next poll."""
         self._wake.set()
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"relay {self._outbox.table}")
-
     async def stop(self) -> None:
-        self._stopping.set()
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        await super().stop()
 
-    def ready(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
+    async def run(self) -> None:
+        while not self.stopping.is_set():
             self._wake.clear()
             try:
                 published = await self.publish_some()

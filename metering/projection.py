@@ -19,14 +19,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from prometheus_client import Gauge, Histogram
 
-from metering.backoff import Backoff
 from metering.db import Connection
+from metering.loops import BackgroundLoop, Backoff
 from metering.metrics import MESSAGES_CONSUMED
 from metering.runtime import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 
@@ -49,6 +50,37 @@ class Projection(Protocol):
 
     def forget(self, partitions: Collection[int]) -> None:
         """Drop in-memory state derived from these partitions (gained or lost)."""
+
+
+@dataclass(frozen=True)
+class ConsumerMetrics:
+    """What every projection consumer reports, under its service's prefix."""
+
+    lag: Gauge
+    batch_seconds: Histogram
+    batch_size: Histogram
+
+
+def consumer_metrics(service: str) -> ConsumerMetrics:
+    """`metering_<service>_consumer_lag`, `_transaction_seconds` and `_batch_size`."""
+    prefix = f"metering_{service}"
+    return ConsumerMetrics(
+        lag=Gauge(
+            f"{prefix}_consumer_lag",
+            "Messages of the consumed topic not yet applied, per owned partition.",
+            ["partition"],
+        ),
+        batch_seconds=Histogram(
+            f"{prefix}_transaction_seconds",
+            "Time to apply one batch in its PostgreSQL transaction, commit included.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        ),
+        batch_size=Histogram(
+            f"{prefix}_batch_size",
+            "Messages per applied batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+        ),
+    )
 
 
 class OffsetsMoved(RuntimeError):
@@ -105,11 +137,11 @@ class StoredOffsets:
             raise OffsetsMoved(f"stored offsets of {self.topic} {partitions} moved under us")
 
 
-class ProjectionConsumer:
+class ProjectionConsumer(BackgroundLoop):
     """Reads `topic` in batches as a member of `group` and applies each batch exactly once.
 
-    A service `Worker`: `ready()` says whether it holds partitions. `lag` (a gauge labelled
-    by partition) and `batch_seconds` / `batch_size` (histograms) are the caller's metrics.
+    A service `Worker`: `ready()` says whether it holds partitions; `metrics` are the
+    service's own (see `consumer_metrics`).
     """
 
     def __init__(
@@ -121,28 +153,24 @@ class ProjectionConsumer:
         client_id: str,
         pool: Callable[[], asyncpg.Pool],
         projection: Projection,
-        lag: Gauge,
-        batch_seconds: Histogram,
-        batch_size: Histogram,
+        metrics: ConsumerMetrics,
         max_records: int = 1000,
     ) -> None:
+        super().__init__()
+        self.name = f"consume {topic}"
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
         self._offsets = StoredOffsets(group, topic)
         self._pool = pool
         self._projection = projection
-        self._lag = lag
-        self._batch_seconds = batch_seconds
-        self._batch_size = batch_size
+        self._metrics = metrics
         self._max_records = max_records
         self._next: dict[int, int | None] = {}
         """Per owned partition: the offset stored in PostgreSQL (None: no row yet)."""
         self._lock = asyncio.Lock()
         """Held while a batch is applied and while partitions change hands."""
-        self._stopping = asyncio.Event()
-        self._backoff = Backoff(self._stopping)
+        self._backoff = Backoff(self.stopping)
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def topic(self) -> str:
@@ -160,25 +188,22 @@ class ProjectionConsumer:
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name=f"consume {self.topic}")
+        await super().start()
 
     async def stop(self) -> None:
         """Finish the batch in hand, then leave the group."""
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
+        await super().stop()
         if self._consumer is not None:
             await self._consumer.stop()
 
     def ready(self) -> bool:
         consumer = self._consumer
-        running = self._task is not None and not self._task.done()
-        return running and consumer is not None and bool(consumer.assignment())
+        return super().ready() and consumer is not None and bool(consumer.assignment())
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 fetched = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
                 async with self._lock:
@@ -218,8 +243,8 @@ class ProjectionConsumer:
             with contextlib.suppress(Exception):
                 await self._seek_to_stored(list(batch))
             return True
-        self._batch_seconds.observe(time.perf_counter() - started)
-        self._batch_size.observe(len(records))
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(len(records))
         MESSAGES_CONSUMED.labels(self.topic).inc(len(records))
         for partition, (_, next_offset) in moves.items():
             self._next[partition] = next_offset
@@ -263,13 +288,15 @@ class ProjectionConsumer:
             for partition in lost:
                 self._next.pop(partition, None)
                 with contextlib.suppress(KeyError):
-                    self._lag.remove(str(partition))
+                    self._metrics.lag.remove(str(partition))
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():
             end = consumer.highwater(tp)
             if end is not None and tp.partition in self._next:
-                self._lag.labels(str(tp.partition)).set(end - (self._next[tp.partition] or 0))
+                self._metrics.lag.labels(str(tp.partition)).set(
+                    end - (self._next[tp.partition] or 0)
+                )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

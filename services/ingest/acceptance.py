@@ -13,7 +13,7 @@ marked published. So:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from uuid import UUID
@@ -91,7 +91,7 @@ ORDER BY i.ord
 class AcceptanceLog:
     """The `ingest_accepted` table."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self._pool = pool
 
     async def claim(self, claims: Sequence[Claim], conn: Connection | None = None) -> list[Claimed]:
@@ -101,7 +101,7 @@ class AcceptanceLog:
         occurrence, and with another body a conflict, exactly as across calls. Pass `conn`
         to claim inside the caller's transaction.
         """
-        executor = conn or self._pool
+        executor = conn or self._pool()
         rows = await self._claim_rows(executor, claims)
         missing = [i for i, row in enumerate(rows) if row["event_id"] is None]
         if missing:  # a concurrent claim committed the key after our statement's snapshot
@@ -140,7 +140,7 @@ class AcceptanceLog:
     async def mark_published(self, event_ids: Sequence[UUID]) -> None:
         """The broker acknowledged these: drop their envelopes, keep their keys."""
         if event_ids:
-            await self._pool.execute(
+            await self._pool().execute(
                 "UPDATE ingest_accepted SET published_at = now(), envelope = NULL "
                 "WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL",
                 list(event_ids),
@@ -148,7 +148,7 @@ class AcceptanceLog:
 
     async def unpublished(self, older_than_seconds: float, limit: int) -> list[Claimed]:
         """Facts stored but not acknowledged for a while: what the relay publishes again."""
-        rows = await self._pool.fetch(
+        rows = await self._pool().fetch(
             "SELECT event_id, account_id, envelope, response FROM ingest_accepted "
             "WHERE published_at IS NULL AND stored_at < now() - make_interval(secs => $1) "
             "ORDER BY stored_at LIMIT $2",

@@ -6,11 +6,7 @@ prefer producing, and a relay that publishes facts stored but never acknowledged
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from aiokafka.structs import ConsumerRecord
@@ -25,6 +21,7 @@ from ingest.facts import UsageWindow
 from ingest.intake import Intake
 from metering.deadletters import dead_letter
 from metering.http import create_app
+from metering.loops import BackgroundLoop, wait_for_event
 from metering.publishing import BrokerUnavailable, Outgoing, publish_all
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
@@ -47,25 +44,14 @@ def build_app(settings: Settings) -> FastAPI:
     key_hash_secret = settings.required_secret(
         "api_key_hash_secret", "ingest stores member API keys only as keyed hashes"
     )
-    if not settings.tokens("metering_admin_token"):
-        settings.required_secret("metering_admin_token", "the write API needs a bearer token")
+    settings.required_secret("metering_admin_token", "the write API needs a bearer token")
     window = UsageWindow(
         timedelta(seconds=settings.usage_max_future_skew_seconds),
         timedelta(seconds=settings.usage_max_lateness_seconds),
     )
     runtime = ServiceRuntime("ingest", settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime.lifespan(app):
-            app.state.intake = Intake(runtime.pool, runtime.broker, card, window, now)
-            relay = asyncio.create_task(_relay(app.state.intake))
-            try:
-                yield
-            finally:
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+    intake = Intake(lambda: runtime.pool, runtime.broker, card, window, now)
+    runtime.add_worker(UnconfirmedRelay(intake))
 
     @runtime.batch_subscriber(
         USAGE_REPORTS, group_id="metering-ingest", ack_policy=AckPolicy.NACK_ON_ERROR
@@ -75,9 +61,10 @@ def build_app(settings: Settings) -> FastAPI:
 
         A broker outage raises, so the batch is redelivered (duplicates are harmless).
         """
-        await _accept_records(app.state.intake, runtime, message.raw_message)
+        await _accept_records(intake, runtime, message.raw_message)
 
-    app = create_app("ingest", lifespan, runtime.readiness)
+    app = create_app("ingest", runtime.lifespan, runtime.readiness)
+    app.state.intake = intake
     app.include_router(build_router(settings, key_hash_secret, now))
     install_error_handlers(app)
     return app
@@ -103,14 +90,22 @@ async def _accept_records(
     metrics.DEAD_LETTERS.inc(len(letters))
 
 
-async def _relay(intake: Intake) -> None:
-    """Publish facts stored but never acknowledged (a crash or an outage in between)."""
-    while True:
-        await asyncio.sleep(RELAY_EVERY_SECONDS)
-        try:
-            if published := await intake.republish_unconfirmed(RELAY_AFTER_SECONDS):
-                log.info("relay published unconfirmed facts", extra={"count": published})
-        except BrokerUnavailable:
-            log.warning("relay: broker unavailable, will retry")
-        except Exception:
-            log.exception("relay failed, will retry")
+class UnconfirmedRelay(BackgroundLoop):
+    """Publishes facts stored but never acknowledged (a crash or an outage in between)."""
+
+    name = "unconfirmed facts relay"
+
+    def __init__(self, intake: Intake) -> None:
+        super().__init__()
+        self._intake = intake
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            await wait_for_event(self.stopping, RELAY_EVERY_SECONDS)
+            try:
+                if published := await self._intake.republish_unconfirmed(RELAY_AFTER_SECONDS):
+                    log.info("relay published unconfirmed facts", extra={"count": published})
+            except BrokerUnavailable:
+                log.warning("relay: broker unavailable, will retry")
+            except Exception:
+                log.exception("relay failed, will retry")

@@ -87,11 +87,14 @@ class CommandResult:
 
 
 class Intake:
-    """ingest's acceptance of usage reports and plan commands."""
+    """ingest's acceptance of usage reports and plan commands.
+
+    `pool` gives the service's pool once it has started: an intake exists before that.
+    """
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        pool: Callable[[], asyncpg.Pool],
         broker: KafkaBroker,
         card: RateCard,
         window: UsageWindow,
@@ -156,7 +159,7 @@ class Intake:
         return CommandResult(claimed.outcome, claimed.event_id, claimed.response)
 
     async def _claim_command(self, command: PlanCommand, digest: bytes) -> Claimed:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool().acquire() as conn, conn.transaction():
             earlier = await self._log.find(command.scope, command.key, digest, conn)
             if earlier is not None:
                 return earlier

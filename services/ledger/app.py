@@ -32,9 +32,7 @@ def build_app(settings: Settings) -> FastAPI:
         client_id="metering-ledger",
         pool=pool,
         projection=LedgerProjection(card, topics, on_commit=relay.wake),
-        lag=metrics.CONSUMER_LAG,
-        batch_seconds=metrics.TRANSACTION_SECONDS,
-        batch_size=metrics.BATCH_SIZE,
+        metrics=metrics.CONSUMER,
     )
     runtime.add_worker(relay)
     runtime.add_worker(consumer)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
+
+from metering.projection import consumer_metrics
 
 EVENTS_APPLIED = Counter(
     "metering_ledger_events_applied_total",
@@ -32,22 +34,8 @@ DEAD_LETTERS = Counter(
     "metering_ledger_dead_letters_total",
     "Messages that could not be parsed, sent to the dead-letter topic.",
 )
-BATCH_SIZE = Histogram(
-    "metering_ledger_batch_size",
-    "Messages per applied batch.",
-    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
-)
-TRANSACTION_SECONDS = Histogram(
-    "metering_ledger_transaction_seconds",
-    "Time to apply one batch in its PostgreSQL transaction, commit included.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-CONSUMER_LAG = Gauge(
-    "metering_ledger_consumer_lag",
-    "Messages of metering.events.v1 not yet applied, per owned partition.",
-    ["partition"],
-)
 OUTBOX_BACKLOG = Gauge(
     "metering_ledger_outbox_backlog",
     "Results written to the outbox and not yet acknowledged by the broker.",
 )
+CONSUMER = consumer_metrics("ledger")

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -31,19 +30,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from metering.core.fold import fold
 from metering.core.ratecard import load_rate_card
-from metering.db import migrate_url
-from metering.processes import die_with_parent, free_port, stop_process
 from metering.settings import DEFAULT_RATE_CARD
 from metering.stack import Stack
-from metering.topics import TopicSpec, ensure_topics
 from schemas.envelope import parse_event
+from tests.integration.isolated import PARTITIONS, TOKEN, IsolatedEnv, isolated_env
 from tests.unit.event_builders import Facts, payloads
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "ledger-test-token"
 CARD = load_rate_card(DEFAULT_RATE_CARD)
-PARTITIONS = 6
 DEADLINE = 120.0
 T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 
@@ -51,86 +46,10 @@ T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 # -- a clean ledger per test ---------------------------------------------------------------
 
 
-@dataclass
-class LedgerEnv:
-    """One test's database, topics and consumer group, and the ledger processes it runs."""
-
-    stack: Stack
-    name: str
-    database_url: str
-    logs: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def events_topic(self) -> str:
-        return f"{self.name}.events"
-
-    @property
-    def ledger_topic(self) -> str:
-        return f"{self.name}.ledger"
-
-    @property
-    def dlq_topic(self) -> str:
-        return f"{self.name}.dlq"
-
-    def environ(self, port: int, **extra: str) -> dict[str, str]:
-        return {
-            **os.environ,
-            **self.stack.environ(),
-            "DATABASE_URL": self.database_url,
-            "EVENTS_TOPIC": self.events_topic,
-            "LEDGER_TOPIC": self.ledger_topic,
-            "DLQ_TOPIC": self.dlq_topic,
-            "LEDGER_CONSUMER_GROUP": f"{self.name}-ledger",
-            "METERING_ADMIN_TOKEN": TOKEN,
-            "HTTP_PORT": str(port),
-            **extra,
-        }
-
-    def start_ledger(self, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
-        """`python -m ledger` on a free port; returns the process and its URL."""
-        port = free_port()
-        with (self.logs / f"ledger-{len(self.processes)}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "ledger"],
-                env=self.environ(port, **extra),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        self.processes.append(process)
-        return process, f"http://127.0.0.1:{port}"
-
-    def log_tail(self) -> str:
-        return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("*.log")))
-
-
 @pytest.fixture
-async def env(stack: Stack, tmp_path: Path) -> AsyncIterator[LedgerEnv]:
-    name = f"lt{uuid.uuid4().hex[:10]}"
-    url = urlsplit(stack.database_url)
-    database_url = urlunsplit(url._replace(path=f"/{name}"))
-    admin = await asyncpg.connect(stack.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    await migrate_url(database_url)
-    ledger_env = LedgerEnv(stack, name, database_url, tmp_path)
-    forever = {"retention.ms": "-1"}
-    await ensure_topics(
-        stack.kafka_bootstrap_servers,
-        [
-            TopicSpec(ledger_env.events_topic, PARTITIONS, forever),
-            TopicSpec(ledger_env.ledger_topic, PARTITIONS, forever),
-            TopicSpec(ledger_env.dlq_topic, 1, forever),
-        ],
-    )
-    try:
-        yield ledger_env
-    finally:
-        for process in ledger_env.processes:
-            stop_process(process)
+async def env(stack: Stack, tmp_path: Path) -> AsyncIterator[IsolatedEnv]:
+    async with isolated_env(stack, tmp_path, "lt") as isolated:
+        yield isolated
 
 
 # -- load --------------------------------------------------------------------------------
@@ -347,7 +266,7 @@ async def applied(db: asyncpg.Connection) -> int:
     return int(await db.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets"))
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str, env: LedgerEnv) -> None:
+async def poll(check: Callable[[], Awaitable[bool]], what: str, env: IsolatedEnv) -> None:
     """Until `check()` holds; fails after a generous deadline with the ledger's logs."""
     deadline = time.monotonic() + DEADLINE
     while not await check():
@@ -356,7 +275,7 @@ async def poll(check: Callable[[], Awaitable[bool]], what: str, env: LedgerEnv) 
         await asyncio.sleep(0.2)
 
 
-async def wait_until_done(db: asyncpg.Connection, env: LedgerEnv, total: int) -> None:
+async def wait_until_done(db: asyncpg.Connection, env: IsolatedEnv, total: int) -> None:
     """Every message applied and every outbox row published."""
 
     async def done() -> bool:
@@ -368,7 +287,7 @@ async def wait_until_done(db: asyncpg.Connection, env: LedgerEnv, total: int) ->
     await poll(done, f"applying {total} messages and publishing their results", env)
 
 
-async def wait_ready(url: str, env: LedgerEnv) -> None:
+async def wait_ready(url: str, env: IsolatedEnv) -> None:
     async with httpx.AsyncClient(timeout=2) as client:
 
         async def ready() -> bool:
@@ -401,7 +320,7 @@ async def read_topic(
 
 
 @pytest.fixture
-async def db(env: LedgerEnv) -> AsyncIterator[asyncpg.Connection]:
+async def db(env: IsolatedEnv) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(env.database_url)
     try:
         yield conn
@@ -421,11 +340,13 @@ def assert_same_ledger(actual: LedgerSnapshot, wanted: LedgerSnapshot) -> None:
 # -- the tests ---------------------------------------------------------------------------
 
 
-async def test_50k_usage_events_equal_the_pure_fold(env: LedgerEnv, db: asyncpg.Connection) -> None:
+async def test_50k_usage_events_equal_the_pure_fold(
+    env: IsolatedEnv, db: asyncpg.Connection
+) -> None:
     load = make_load(env.name, accounts=100, usages_per_account=500)
     bootstrap = env.stack.kafka_bootstrap_servers
     await produce(bootstrap, env.events_topic, load.messages)
-    _, url = env.start_ledger()
+    _, url = env.start("ledger")
     await wait_ready(url, env)
     await wait_until_done(db, env, len(load.messages))
 
@@ -462,12 +383,12 @@ async def test_50k_usage_events_equal_the_pure_fold(env: LedgerEnv, db: asyncpg.
 
 
 async def test_every_event_published_twice_gives_the_same_ledger(
-    env: LedgerEnv, db: asyncpg.Connection
+    env: IsolatedEnv, db: asyncpg.Connection
 ) -> None:
     load = make_load(env.name, accounts=20, usages_per_account=300, seed=11)
     doubled = _with_late_copies(load.messages, random.Random(3))
     await produce(env.stack.kafka_bootstrap_servers, env.events_topic, doubled)
-    _, url = env.start_ledger()
+    _, url = env.start("ledger")
     await wait_ready(url, env)
     await wait_until_done(db, env, len(doubled))
     assert_same_ledger(await snapshot(db), expected(load))
@@ -484,7 +405,7 @@ def _with_late_copies(
 
 
 async def test_sigkill_at_random_points_loses_and_doubles_nothing(
-    env: LedgerEnv, db: asyncpg.Connection
+    env: IsolatedEnv, db: asyncpg.Connection
 ) -> None:
     """Killed at least 10 times while it still had events to apply, then left to finish."""
     load = make_load(env.name, accounts=60, usages_per_account=500, seed=5)
@@ -496,7 +417,7 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
         assert incarnations < 25, "the load ran out before 10 kills landed in it"
         incarnations += 1
         before = await applied(db)
-        process, _ = env.start_ledger()
+        process, _ = env.start("ledger")
 
         async def progressed(since: int = before) -> bool:
             return await applied(db) > since
@@ -506,18 +427,18 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills_mid_load += await applied(db) < total
-    env.start_ledger()
+    env.start("ledger")
     await wait_until_done(db, env, total)
     assert_same_ledger(await snapshot(db), expected(load))
 
 
 async def test_a_second_replica_stopped_mid_run_leaves_the_same_ledger(
-    env: LedgerEnv, db: asyncpg.Connection
+    env: IsolatedEnv, db: asyncpg.Connection
 ) -> None:
     load = make_load(env.name, accounts=40, usages_per_account=500, seed=13)
     half = len(load.messages) // 2
-    first, url_first = env.start_ledger()
-    _, url_second = env.start_ledger()
+    first, url_first = env.start("ledger")
+    _, url_second = env.start("ledger")
     await wait_ready(url_first, env)
     await wait_ready(url_second, env)  # both hold partitions (readiness says so)
     bootstrap = env.stack.kafka_bootstrap_servers
@@ -545,7 +466,9 @@ async def _applied_by(url: str) -> float:
     )
 
 
-async def test_quote_usage_and_statement_over_http(env: LedgerEnv, db: asyncpg.Connection) -> None:
+async def test_quote_usage_and_statement_over_http(
+    env: IsolatedEnv, db: asyncpg.Connection
+) -> None:
     facts = Facts(f"{env.name}-acct")
     start = T0
     events = [
@@ -574,7 +497,7 @@ async def test_quote_usage_and_statement_over_http(env: LedgerEnv, db: asyncpg.C
         env.events_topic,
         [(facts.account_id, e.model_dump_json().encode()) for e in events],
     )
-    _, url = env.start_ledger()
+    _, url = env.start("ledger")
     await wait_ready(url, env)
     await wait_until_done(db, env, len(events))
     deductions = payloads(fold(events, CARD)[1], "CreditsDeducted")
