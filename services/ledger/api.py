@@ -16,13 +16,6 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ledger.statement import (
-    MonthOutsideSubscription,
-    PackPaid,
-    SeatModelUsage,
-    build_statement,
-    subscription_month,
-)
 from ledger.usage import (
     BadCursor,
     csv_header,
@@ -37,6 +30,13 @@ from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.core.state import AccountState
 from metering.db import Connection
 from metering.http import problem
+from metering.statement import (
+    MonthOutsideSubscription,
+    PackPaid,
+    SeatModelUsage,
+    build_statement,
+    subscription_month,
+)
 from schemas.api import (
     Problem,
     QuoteComponent,

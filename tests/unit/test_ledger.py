@@ -9,18 +9,18 @@ from datetime import timedelta
 import pytest
 
 from ledger.projection import ENTRY_COLUMNS, entry_row
-from ledger.statement import (
+from ledger.usage import BadCursor, csv_header, csv_rows, decode_cursor, encode_cursor, usage_row
+from metering.core.fold import fold
+from metering.core.money import MICRO as M
+from metering.core.money import parse_credits
+from metering.core.state import Subscription
+from metering.statement import (
     MonthOutsideSubscription,
     PackPaid,
     SeatModelUsage,
     build_statement,
     subscription_month,
 )
-from ledger.usage import BadCursor, csv_header, csv_rows, decode_cursor, encode_cursor, usage_row
-from metering.core.fold import fold
-from metering.core.money import MICRO as M
-from metering.core.money import parse_credits
-from metering.core.state import Subscription
 from schemas.api import Balances, Statement
 from schemas.envelope import FactEvent, ResultEvent
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at

@@ -1,0 +1,348 @@
+"""Audit replay: rebuild the ledger from the event log in memory and compare it with the live one.
+
+The log is the ledger's own archive (`ledger_events_archive`, read in the order the ledger
+applied it: per account by Kafka partition and offset), kept verbatim so audits do not
+depend on Kafka retention. Each account's events go through the same pure `fold()` as the
+ledger's;
+every recomputed entry body and final state is compared with what PostgreSQL holds. The
+statement of a subscription month can be computed from the same replay, so an auditor can
+check the one the ledger serves.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from metering.core.fold import fold
+from metering.core.money import to_decimal_string
+from metering.core.ratecard import RateCard
+from metering.core.state import AccountState, Subscription
+from metering.statement import PackPaid, SeatModelUsage, build_statement, subscription_month
+from schemas.api import Statement
+from schemas.envelope import FactEvent, ResultEvent, parse_event
+
+CHUNK_EVENTS = 20_000
+"""Events folded before their accounts are compared (bounds memory and round trips)."""
+DETAIL_PATHS = 5
+ABSENT = "<absent>"
+
+Progress = Callable[[int, int], None]
+"""Called with (events, accounts) replayed so far, after each chunk."""
+
+
+class ReplayError(Exception):
+    """A usage or connection problem (exit status 2); the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One row where the ledger and the replay disagree."""
+
+    account_id: str
+    entry_id: str
+    """A ledger entry's event id, or "state" for the account's final state."""
+    what: str
+
+
+@dataclass
+class ReplayReport:
+    until: str | None
+    events: int = 0
+    accounts: int = 0
+    credits_deducted_micro: int = 0
+    final_states_compared: bool = True
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["credits_deducted"] = to_decimal_string(body.pop("credits_deducted_micro"))
+        return orjson.dumps(body, option=orjson.OPT_INDENT_2)
+
+
+async def replay(
+    database_url: str,
+    card: RateCard,
+    accounts: Sequence[str] = (),
+    until: datetime | None = None,
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Replay `accounts` (all when empty) from the ledger's archive of the event log and
+    compare with the live ledger."""
+    report = ReplayReport(None if until is None else until.isoformat())
+    report.final_states_compared = until is None
+    conn = await connect(database_url)
+    try:
+        # One snapshot: a running ledger writes archive, entries and states together.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            log = archive_accounts(conn, accounts, until)
+            seen: list[str] = []
+            async for chunk in _chunks(log):
+                report.differences += await _compare_chunk(conn, card, chunk, report)
+                seen += chunk
+                report.accounts = len(seen)
+                if progress:
+                    progress(report.events, report.accounts)
+            if until is None:
+                report.differences += await _ledger_only(conn, seen, accounts)
+    except asyncpg.UndefinedTableError as error:
+        raise ReplayError(f"DATABASE_URL: the ledger's tables are missing ({error})") from None
+    except (asyncpg.PostgresError, OSError) as error:
+        raise ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}") from None
+    finally:
+        await conn.close()
+    return report
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    """A connection to the live ledger, or a `ReplayError` naming DATABASE_URL."""
+    try:
+        return await asyncpg.connect(database_url, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as error:
+        raise ReplayError(f"DATABASE_URL: cannot connect to PostgreSQL: {error}") from None
+
+
+_ARCHIVE = """
+SELECT account_id, value FROM ledger_events_archive
+WHERE (cardinality($1::text[]) = 0 OR account_id = ANY($1::text[]))
+  AND ($2::timestamptz IS NULL OR recorded_at <= $2)
+ORDER BY account_id, partition, "offset"
+"""
+
+
+async def archive_accounts(
+    conn: asyncpg.Connection, accounts: Sequence[str], until: datetime | None
+) -> AsyncIterator[tuple[str, list[FactEvent]]]:
+    """Each account's archived events in the order the ledger applied them (in a transaction).
+
+    A server-side cursor streams the archive in large chunks, one account at a time."""
+    account_id: str | None = None
+    events: list[FactEvent] = []
+    async for row in conn.cursor(_ARCHIVE, list(accounts), until, prefetch=CHUNK_EVENTS):
+        if row["account_id"] != account_id:
+            if account_id is not None:
+                yield account_id, events
+            account_id, events = row["account_id"], []
+        events.append(parse_event(row["value"]))
+    if account_id is not None:
+        yield account_id, events
+
+
+async def _chunks(
+    log: AsyncIterator[tuple[str, list[FactEvent]]],
+) -> AsyncIterator[dict[str, list[FactEvent]]]:
+    chunk: dict[str, list[FactEvent]] = {}
+    size = 0
+    async for account_id, events in log:
+        chunk[account_id] = events
+        size += len(events)
+        if size >= CHUNK_EVENTS:
+            yield chunk
+            chunk, size = {}, 0
+    if chunk:
+        yield chunk
+
+
+def ledger_results(events: Sequence[FactEvent], card: RateCard) -> tuple[AccountState, list[Any]]:
+    """The fold's final state and the results the ledger stores (seat statuses are quota's)."""
+    state, results = fold(events, card)
+    return state, [r for r in results if r.event_type != "SeatStatusChanged"]
+
+
+async def _compare_chunk(
+    conn: asyncpg.Connection,
+    card: RateCard,
+    chunk: dict[str, list[FactEvent]],
+    report: ReplayReport,
+) -> list[Difference]:
+    accounts = list(chunk)
+    stored_entries: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
+    for row in await conn.fetch(
+        "SELECT account_id, event_id::text AS id, source_event_id::text AS source, "
+        "body::text AS body FROM ledger_entries WHERE account_id = ANY($1::text[])",
+        accounts,
+    ):
+        stored_entries[row["account_id"]][row["id"]] = (row["source"], row["body"])
+    stored_states = {
+        row["account_id"]: row["state"]
+        for row in await conn.fetch(
+            "SELECT account_id, state::text AS state FROM ledger_accounts "
+            "WHERE account_id = ANY($1::text[])",
+            accounts,
+        )
+    }
+    differences = []
+    for account_id, events in chunk.items():
+        report.events += len(events)
+        state, results = ledger_results(events, card)
+        report.credits_deducted_micro += sum(
+            line["amount_micro"]
+            for r in results
+            if r.event_type == "CreditsDeducted"
+            for line in r.payload.receipt
+        )
+        stored = stored_entries.get(account_id, {})
+        if not report.final_states_compared:  # --until: only the entries of replayed events
+            replayed = {event.event_id for event in events}
+            stored = {i: entry for i, entry in stored.items() if entry[0] in replayed}
+        differences += _entry_differences(account_id, stored, results)
+        if report.final_states_compared:
+            differences += _state_differences(account_id, stored_states.get(account_id), state)
+    return differences
+
+
+def _entry_differences(
+    account_id: str, stored: dict[str, tuple[str, str]], results: list[ResultEvent]
+) -> list[Difference]:
+    differences = []
+    recomputed = {r.event_id: r for r in results}
+    for entry_id, result in recomputed.items():
+        if entry_id not in stored:
+            what = f"{result.event_type} produced by the replay is missing from the ledger"
+            differences.append(Difference(account_id, entry_id, what))
+            continue
+        paths = differing_paths(
+            orjson.loads(stored[entry_id][1]), orjson.loads(result.model_dump_json())
+        )
+        if paths:
+            differences.append(Difference(account_id, entry_id, "; ".join(paths)))
+    differences += [
+        Difference(account_id, entry_id, "in the ledger, not produced by the replay")
+        for entry_id in sorted(stored.keys() - recomputed.keys())
+    ]
+    return differences
+
+
+def _state_differences(
+    account_id: str, stored: str | None, state: AccountState
+) -> list[Difference]:
+    if stored is None:
+        return [Difference(account_id, "state", "the ledger has no state for this account")]
+    paths = differing_paths(orjson.loads(stored), orjson.loads(orjson.dumps(state.to_dict())))
+    return [Difference(account_id, "state", "; ".join(paths))] if paths else []
+
+
+async def _ledger_only(
+    conn: asyncpg.Connection, replayed: list[str], requested: Sequence[str]
+) -> list[Difference]:
+    """Ledger states and entries of accounts the log has no events for."""
+    scope = (
+        "NOT account_id = ANY($1::text[]) "
+        "AND (cardinality($2::text[]) = 0 OR account_id = ANY($2::text[]))"
+    )
+    states = await conn.fetch(
+        f"SELECT account_id FROM ledger_accounts WHERE {scope}", replayed, list(requested)
+    )
+    entries = await conn.fetch(
+        f"SELECT account_id, event_id::text AS id FROM ledger_entries WHERE {scope}",
+        replayed,
+        list(requested),
+    )
+    what = "in the ledger, but the log has no events for this account"
+    return [Difference(r["account_id"], "state", what) for r in states] + [
+        Difference(r["account_id"], r["id"], what) for r in entries
+    ]
+
+
+def differing_paths(ledger: Any, replayed: Any, path: str = "") -> list[str]:
+    """Where two JSON values differ, as "path: ledger X, replay Y" (the first few)."""
+    if isinstance(ledger, dict) and isinstance(replayed, dict):
+        out: list[str] = []
+        for key in sorted(ledger.keys() | replayed.keys()):
+            out += differing_paths(
+                ledger.get(key, ABSENT), replayed.get(key, ABSENT), f"{path}.{key}".lstrip(".")
+            )
+        return out[:DETAIL_PATHS]
+    if isinstance(ledger, list) and isinstance(replayed, list) and len(ledger) == len(replayed):
+        out = []
+        for index, (a, b) in enumerate(zip(ledger, replayed, strict=True)):
+            out += differing_paths(a, b, f"{path}[{index}]")
+        return out[:DETAIL_PATHS]
+    if ledger == replayed:
+        return []
+    return [f"{path or 'value'}: ledger {_short(ledger)}, replay {_short(replayed)}"]
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode() if value is not ABSENT else ABSENT
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- statements from the replay ----------------------------------------------------------
+
+
+class UnknownSubscription(LookupError):
+    """No archived account holds the subscription."""
+
+
+_ACTIVATIONS = """
+SELECT DISTINCT account_id FROM ledger_events_archive
+WHERE event_type = 'SubscriptionActivated'
+  AND convert_from(value, 'UTF8')::jsonb #>> '{payload,subscription_id}' = $1
+ORDER BY account_id
+"""
+
+
+async def replayed_statement(
+    database_url: str, card: RateCard, subscription_id: str, month: str
+) -> Statement:
+    """The statement of `subscription_id`'s month, from a fold of its account's archive."""
+    conn = await connect(database_url)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            candidates = [
+                row["account_id"] for row in await conn.fetch(_ACTIVATIONS, subscription_id)
+            ]
+            async for _, events in archive_accounts(conn, candidates, None):
+                state, results = ledger_results(events, card)
+                sub = state.subscriptions.get(subscription_id)
+                if sub is not None:
+                    return statement_from_results(sub, month, results)
+    except asyncpg.UndefinedTableError as error:
+        raise ReplayError(f"DATABASE_URL: the ledger's tables are missing ({error})") from None
+    finally:
+        await conn.close()
+    raise UnknownSubscription(f"subscription '{subscription_id}' is not in the archive")
+
+
+def statement_from_results(sub: Subscription, month: str, results: list[Any]) -> Statement:
+    """`build_statement` fed with the sums the ledger's statement endpoint takes from SQL."""
+    _, start, end = subscription_month(sub, month)
+    usage: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 5)
+    pack_paid: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for result in results:
+        p = result.payload
+        if result.event_type != "CreditsDeducted" or p.subscription_id != sub.subscription_id:
+            continue
+        if result.occurred_at >= end:
+            continue
+        paid = {"seat": 0, "pack": 0}
+        for line in p.receipt:
+            paid[line["bucket"]] += line["amount_micro"]
+            if line["bucket"] == "pack":
+                before = pack_paid[line["bucket_id"]]
+                before[1] += line["amount_micro"]
+                if result.occurred_at < start:
+                    before[0] += line["amount_micro"]
+        if result.occurred_at >= start:
+            sums = usage[p.seat_id, p.model]
+            for index, micro in enumerate(
+                (1, p.price_micro, paid["seat"], paid["pack"], p.shortfall_micro)
+            ):
+                sums[index] += micro
+    return build_statement(
+        sub,
+        month,
+        [SeatModelUsage(seat, model, *sums) for (seat, model), sums in usage.items()],
+        {pack_id: PackPaid(*sums) for pack_id, sums in pack_paid.items()},
+    )
