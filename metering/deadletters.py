@@ -12,21 +12,25 @@ from datetime import datetime
 from aiokafka.structs import ConsumerRecord
 
 from metering.publishing import Outgoing
-from metering.topics import DLQ
 from schemas.dlq import DeadLetter
 
+#: Longer reasons (a validation error listing every field) are cut to keep letters small.
+MAX_REASON_CHARS = 2000
 
-def dead_letter(record: ConsumerRecord[bytes, bytes], reason: str, now: datetime) -> Outgoing:
-    """The DLQ message for one consumed record."""
+
+def dead_letter(
+    record: ConsumerRecord[bytes, bytes], reason: str, now: datetime, topic: str
+) -> Outgoing:
+    """The message for dead-letter `topic` about one consumed record."""
     key = record.key.decode(errors="replace") if record.key is not None else None
     letter = DeadLetter(
         schema_version=1,
         original_key=key,
         original_value_base64=base64.b64encode(record.value or b"").decode(),
-        reason=reason,
+        reason=reason[:MAX_REASON_CHARS],
         source_topic=record.topic,
         source_partition=record.partition,
         source_offset=record.offset,
         failed_at=now,
     )
-    return Outgoing(DLQ, key or "", letter.model_dump_json().encode())
+    return Outgoing(topic, key or "", letter.model_dump_json().encode())

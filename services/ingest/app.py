@@ -50,7 +50,7 @@ def build_app(settings: Settings) -> FastAPI:
         timedelta(seconds=settings.usage_max_lateness_seconds),
     )
     runtime = ServiceRuntime("ingest", settings)
-    intake = Intake(lambda: runtime.pool, runtime.broker, card, window, now)
+    intake = Intake(lambda: runtime.pool, runtime.broker, card, window, now, settings.events_topic)
     runtime.add_worker(UnconfirmedRelay(intake))
 
     @runtime.batch_subscriber(
@@ -61,7 +61,7 @@ def build_app(settings: Settings) -> FastAPI:
 
         A broker outage raises, so the batch is redelivered (duplicates are harmless).
         """
-        await _accept_records(intake, runtime, message.raw_message)
+        await _accept_records(intake, runtime, message.raw_message, settings.dlq_topic)
 
     app = create_app("ingest", runtime.lifespan, runtime.readiness)
     app.state.intake = intake
@@ -71,7 +71,10 @@ def build_app(settings: Settings) -> FastAPI:
 
 
 async def _accept_records(
-    intake: Intake, runtime: ServiceRuntime, records: tuple[ConsumerRecord[bytes, bytes], ...]
+    intake: Intake,
+    runtime: ServiceRuntime,
+    records: tuple[ConsumerRecord[bytes, bytes], ...],
+    dlq_topic: str,
 ) -> None:
     reports: list[UsageReport] = []
     sources: list[ConsumerRecord[bytes, bytes]] = []
@@ -81,11 +84,15 @@ async def _accept_records(
             reports.append(UsageReport.model_validate_json(record.value or b""))
             sources.append(record)
         except ValidationError as error:
-            letters.append(dead_letter(record, f"unparseable usage report: {error}", now()))
+            letters.append(
+                dead_letter(record, f"unparseable usage report: {error}", now(), dlq_topic)
+            )
     for record, result in zip(sources, await intake.accept_usage(reports), strict=True):
         if result.status in ("invalid", "conflict"):
             reason = "; ".join(f"{p.field}: {p.message}" for p in result.problems)
-            letters.append(dead_letter(record, f"{result.status} usage report: {reason}", now()))
+            letters.append(
+                dead_letter(record, f"{result.status} usage report: {reason}", now(), dlq_topic)
+            )
     await publish_all(runtime.broker, letters)
     metrics.DEAD_LETTERS.inc(len(letters))
 

@@ -24,7 +24,6 @@ from ingest.facts import FieldProblem, UsageWindow, envelope, usage_problems, us
 from metering.core.ratecard import RateCard
 from metering.db import Connection
 from metering.publishing import BrokerUnavailable, Outgoing, publish_all
-from metering.topics import EVENTS
 from schemas.api import UsageReport
 from schemas.base import Contract
 
@@ -99,6 +98,7 @@ class Intake:
         card: RateCard,
         window: UsageWindow,
         clock: Clock,
+        events_topic: str,
     ) -> None:
         self._pool = pool
         self._log = AcceptanceLog(pool)
@@ -106,6 +106,7 @@ class Intake:
         self._card = card
         self._window = window
         self._clock = clock
+        self._events_topic = events_topic
 
     async def accept_usage(self, reports: Sequence[UsageReport]) -> list[UsageResult]:
         """Accept a batch of reports: one database round trip, one round of acks."""
@@ -193,7 +194,11 @@ class Intake:
 
     async def _publish(self, claimed: Sequence[Claimed]) -> None:
         due = {c.event_id: c for c in claimed if c.outcome in (Outcome.NEW, Outcome.UNCONFIRMED)}
-        messages = [Outgoing(EVENTS, c.account_id, c.envelope) for c in due.values() if c.envelope]
+        messages = [
+            Outgoing(self._events_topic, c.account_id, c.envelope)
+            for c in due.values()
+            if c.envelope
+        ]
         started = time.perf_counter()
         try:
             await publish_all(self._broker, messages)

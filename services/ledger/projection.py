@@ -12,7 +12,6 @@ it touched, so memory never runs ahead of the database.
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -28,16 +27,15 @@ from metering.core.fold import apply
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
 from metering.db import Connection
+from metering.deadletters import dead_letter
 from metering.outbox import Outbox
 from metering.projection import Record
 from metering.publishing import Outgoing
-from schemas.dlq import DeadLetter
 from schemas.envelope import FactEvent, ResultEvent, parse_event
 
 log = logging.getLogger(__name__)
 
 OUTBOX = Outbox("ledger_outbox")
-MAX_REASON_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -234,22 +232,11 @@ class LedgerProjection:
             await conn.execute("SELECT ledger_archive_ensure_month($1)", month)
 
     def _dead_letter(self, record: Record, reason: str) -> Outgoing:
-        key = None if record.key is None else record.key.decode("utf-8", "replace")
-        letter = DeadLetter(
-            schema_version=1,
-            original_key=key,
-            original_value_base64=base64.b64encode(record.value or b"").decode(),
-            reason=reason[:MAX_REASON_CHARS],
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            failed_at=datetime.now(UTC),
-        )
         log.warning(
             "dead letter",
             extra={"partition": record.partition, "offset": record.offset, "reason": reason[:200]},
         )
-        return Outgoing(self._topics.dlq, key or "", letter.model_dump_json().encode())
+        return dead_letter(record, reason, datetime.now(UTC), self._topics.dlq)
 
 
 async def _not_yet_archived(
