@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import rich.console
+import rich.progress
 import typer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -18,6 +23,8 @@ from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
 from metering.db import migrate_url
 from metering.replay import (
+    KafkaSource,
+    Progress,
     ReplayError,
     ReplayReport,
     UnknownSubscription,
@@ -123,44 +130,66 @@ def _month(value: str) -> str:
     return value
 
 
+class LogSourceName(StrEnum):
+    archive = "archive"
+    kafka = "kafka"
+
+
 @app.command("replay")
 def replay_command(
+    source: Annotated[
+        LogSourceName,
+        typer.Option(
+            help="archive: the ledger's PostgreSQL copy of the log; kafka: EVENTS_TOPIC from "
+            "its first offset up to where the ledger's group applied it"
+        ),
+    ] = LogSourceName.archive,
     account: Annotated[
         list[str] | None, typer.Option(help="replay only this account (repeatable)")
     ] = None,
     until: Annotated[
         str | None, typer.Option(help="only events recorded at or before this RFC 3339 time")
     ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help="replay the events recorded by this RFC 3339 time and print every "
+            "subscription's balances as they stood then"
+        ),
+    ] = None,
     report: Annotated[Path, typer.Option(help="where the JSON report is written")] = Path(
         "replay-report.json"
     ),
 ) -> None:
-    """Rebuild the ledger from its archive of the event log with the pure fold, and compare
-    it with the live one.
+    """Rebuild the ledger from the event log with the pure fold, and compare it with the
+    live one.
 
     Exit status: 0 identical, 1 any difference (listed in the report), 2 usage or connection
     error.
     """
-    until_time = _until(until)
+    until_time, as_of_time = _until(until), _until(as_of)
+    if until_time and as_of_time:
+        raise typer.BadParameter("give --until or --as-of, not both")
     settings, card = _settings_and_card()
-    started = time.monotonic()
-    last_progress = started
-
-    def progress(events: int, accounts: int) -> None:
-        nonlocal last_progress
-        now = time.monotonic()
-        if now - last_progress >= PROGRESS_SECONDS:
-            last_progress = now
-            rate = events / (now - started)
-            print(
-                f"replayed {events:,} events, {accounts:,} accounts ({rate:,.0f}/s)",
-                file=sys.stderr,
-            )
-
-    try:
-        result = asyncio.run(
-            replay(settings.database_url, card, account or (), until_time, progress)
+    kafka = None
+    if source is LogSourceName.kafka:
+        kafka = KafkaSource(
+            settings.kafka_bootstrap_servers, settings.events_topic, settings.ledger_consumer_group
         )
+    started = time.monotonic()
+    try:
+        with replay_progress() as progress:
+            result = asyncio.run(
+                replay(
+                    settings.database_url,
+                    card,
+                    account or (),
+                    until_time,
+                    progress,
+                    kafka=kafka,
+                    as_of=as_of_time,
+                )
+            )
     except ReplayError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -169,13 +198,49 @@ def replay_command(
     raise typer.Exit(0 if result.identical else 1)
 
 
+@contextlib.contextmanager
+def replay_progress() -> Iterator[Progress]:
+    """A progress bar on a terminal; elsewhere (CI logs) a line every few seconds."""
+    if sys.stderr.isatty():
+        with rich.progress.Progress(
+            *rich.progress.Progress.get_default_columns(),
+            rich.progress.TextColumn("{task.completed:,} events"),
+            console=rich.console.Console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("replaying", total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    started = last = time.monotonic()
+
+    def report_line(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            rate = done / (now - started)
+            print(f"replayed {done:,} of {total:,} events ({rate:,.0f}/s)", file=sys.stderr)
+
+    yield report_line
+
+
 def _print_summary(result: ReplayReport, seconds: float, report: Path) -> None:
     rate = result.events / seconds if seconds > 0 else 0.0
+    where = "the archive" if result.source == "archive" else "Kafka"
     typer.echo(
-        f"replayed {result.events:,} events of {result.accounts:,} accounts from the "
-        f"archive in {seconds:.1f} s ({rate:,.0f} events/s)"
+        f"replayed {result.events:,} events of {result.accounts:,} accounts from {where} "
+        f"in {seconds:.1f} s ({rate:,.0f} events/s)"
     )
+    if result.source == "kafka":
+        positions = ", ".join(f"{p}:{o}" for p, o in sorted(result.log_positions.items()))
+        typer.echo(
+            f"read up to the ledger's offsets (partition:offset) {positions}; skipped "
+            f"{result.duplicates_skipped:,} repeated and {result.unparseable_skipped:,} "
+            "unparseable records, as the ledger does"
+        )
     typer.echo(f"credits deducted: {to_decimal_string(result.credits_deducted_micro)}")
+    if result.as_of:
+        _print_balances(result)
     if not result.final_states_compared:
         typer.echo(f"entries compared up to {result.until}; final states not compared")
     if result.identical:
@@ -184,6 +249,20 @@ def _print_summary(result: ReplayReport, seconds: float, report: Path) -> None:
     typer.echo(f"differences: {len(result.differences)} (report: {report})")
     for difference in result.differences[:SHOWN_DIFFERENCES]:
         typer.echo(f"  account {difference.account_id} {difference.entry_id}: {difference.what}")
+
+
+def _print_balances(result: ReplayReport) -> None:
+    typer.echo(f"balances as of {result.as_of} (credits):")
+    for sub in result.balances:
+        typer.echo(
+            f"  {sub['subscription_id']} ({sub['status']}, month {sub['month_start']} to "
+            f"{sub['month_end']}): {sub['remaining']} remaining"
+        )
+        for seat in sub["seats"]:
+            typer.echo(
+                f"    {seat['seat_id']:<24} {seat['tier']:<9} {seat['status']:<10} "
+                f"seat {seat['seat_remaining']:>14}  shared {seat['shared_remaining']:>14}"
+            )
 
 
 @app.command("statement")

@@ -1,12 +1,13 @@
 """Audit replay: rebuild the ledger from the event log in memory and compare it with the live one.
 
-The log is the ledger's own archive (`ledger_events_archive`, read in the order the ledger
-applied it: per account by Kafka partition and offset), kept verbatim so audits do not
-depend on Kafka retention. Each account's events go through the same pure `fold()` as the
-ledger's;
-every recomputed entry body and final state is compared with what PostgreSQL holds. The
-statement of a subscription month can be computed from the same replay, so an auditor can
-check the one the ledger serves.
+The log is read from one of two sources. The ledger's own archive (`ledger_events_archive`,
+read in the order the ledger applied it: per account by Kafka partition and offset) is kept
+verbatim so audits do not depend on Kafka retention. The event topic itself is read from its
+first offset up to the offsets the ledger stored with its projection, skipping repeated
+event ids as the ledger does. Each account's events go through the same pure `fold()` as the
+ledger's; every recomputed entry body and final state is compared with what PostgreSQL
+holds, all read in one snapshot. The statement of a subscription month can be computed from
+the same replay, so an auditor can check the one the ledger serves.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from metering.core.fold import fold
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState, Subscription
+from metering.core.views import subscription_view
+from metering.eventlog import LogRead, LogReadError, read_log
 from metering.statement import PackPaid, SeatModelUsage, build_statement, subscription_month
 from schemas.api import Statement
 from schemas.envelope import FactEvent, ResultEvent, parse_event
@@ -34,7 +37,7 @@ DETAIL_PATHS = 5
 ABSENT = "<absent>"
 
 Progress = Callable[[int, int], None]
-"""Called with (events, accounts) replayed so far, after each chunk."""
+"""Called with (events replayed so far, events in the log to replay), after each chunk."""
 
 
 class ReplayError(Exception):
@@ -51,13 +54,31 @@ class Difference:
     what: str
 
 
+@dataclass(frozen=True)
+class KafkaSource:
+    """Replay from the event topic, up to where the ledger's consumer group has applied it."""
+
+    bootstrap_servers: str
+    topic: str
+    consumer_group: str
+
+
 @dataclass
 class ReplayReport:
+    source: str
+    """"archive" or "kafka"."""
     until: str | None
+    log_positions: dict[int, int] = field(default_factory=dict)
+    """Kafka: the next offset per partition the replay read up to (the ledger's)."""
+    duplicates_skipped: int = 0
+    unparseable_skipped: int = 0
     events: int = 0
     accounts: int = 0
     credits_deducted_micro: int = 0
     final_states_compared: bool = True
+    as_of: str | None = None
+    balances: list[dict[str, Any]] = field(default_factory=list)
+    """With `as_of`: every subscription's balances as they stood then."""
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -67,7 +88,7 @@ class ReplayReport:
     def to_json(self) -> bytes:
         body = asdict(self)
         body["credits_deducted"] = to_decimal_string(body.pop("credits_deducted_micro"))
-        return orjson.dumps(body, option=orjson.OPT_INDENT_2)
+        return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
 
 
 async def replay(
@@ -76,29 +97,42 @@ async def replay(
     accounts: Sequence[str] = (),
     until: datetime | None = None,
     progress: Progress | None = None,
+    kafka: KafkaSource | None = None,
+    as_of: datetime | None = None,
 ) -> ReplayReport:
-    """Replay `accounts` (all when empty) from the ledger's archive of the event log and
-    compare with the live ledger."""
-    report = ReplayReport(None if until is None else until.isoformat())
+    """Replay `accounts` (all when empty) from the ledger's archive of the event log, or from
+    `kafka`, and compare with the live ledger. `as_of` replays the events recorded by then
+    and reports the balances at that time."""
+    until = as_of or until
+    report = ReplayReport(
+        "archive" if kafka is None else "kafka", None if until is None else until.isoformat()
+    )
     report.final_states_compared = until is None
+    report.as_of = None if as_of is None else as_of.isoformat()
     conn = await connect(database_url)
     try:
-        # One snapshot: a running ledger writes archive, entries and states together.
+        # One snapshot: a running ledger writes offsets, archive, entries and states together.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            log = archive_accounts(conn, accounts, until)
+            if kafka is None:
+                total = await _archived_count(conn, accounts, until)
+                log = archive_accounts(conn, accounts, until)
+            else:
+                log, total = await _kafka_accounts(conn, kafka, accounts, until, report)
             seen: list[str] = []
             async for chunk in _chunks(log):
-                report.differences += await _compare_chunk(conn, card, chunk, report)
+                report.differences += await _compare_chunk(conn, card, chunk, report, as_of)
                 seen += chunk
                 report.accounts = len(seen)
                 if progress:
-                    progress(report.events, report.accounts)
+                    progress(report.events, total)
             if until is None:
                 report.differences += await _ledger_only(conn, seen, accounts)
     except asyncpg.UndefinedTableError as error:
         raise ReplayError(f"DATABASE_URL: the ledger's tables are missing ({error})") from None
     except (asyncpg.PostgresError, OSError) as error:
         raise ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}") from None
+    except LogReadError as error:
+        raise ReplayError(str(error)) from None
     finally:
         await conn.close()
     return report
@@ -112,12 +146,23 @@ async def connect(database_url: str) -> asyncpg.Connection:
         raise ReplayError(f"DATABASE_URL: cannot connect to PostgreSQL: {error}") from None
 
 
-_ARCHIVE = """
-SELECT account_id, value FROM ledger_events_archive
+_IN_SCOPE = """
 WHERE (cardinality($1::text[]) = 0 OR account_id = ANY($1::text[]))
   AND ($2::timestamptz IS NULL OR recorded_at <= $2)
+"""
+_ARCHIVE = f"""
+SELECT account_id, value FROM ledger_events_archive {_IN_SCOPE}
 ORDER BY account_id, partition, "offset"
 """
+
+
+async def _archived_count(
+    conn: asyncpg.Connection, accounts: Sequence[str], until: datetime | None
+) -> int:
+    count = await conn.fetchval(
+        f"SELECT count(*) FROM ledger_events_archive {_IN_SCOPE}", list(accounts), until
+    )
+    return int(count)
 
 
 async def archive_accounts(
@@ -136,6 +181,44 @@ async def archive_accounts(
         events.append(parse_event(row["value"]))
     if account_id is not None:
         yield account_id, events
+
+
+async def _kafka_accounts(
+    conn: asyncpg.Connection,
+    kafka: KafkaSource,
+    accounts: Sequence[str],
+    until: datetime | None,
+    report: ReplayReport,
+) -> tuple[AsyncIterator[tuple[str, list[FactEvent]]], int]:
+    """The topic up to the ledger's stored offsets (read first: they fix the snapshot), and
+    how many events that is."""
+    rows = await conn.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets "
+        "WHERE consumer_group = $1 AND topic = $2",
+        kafka.consumer_group,
+        kafka.topic,
+    )
+    report.log_positions = {row["partition"]: row["next_offset"] for row in rows}
+    if not report.log_positions:
+        raise ReplayError(
+            f"LEDGER_CONSUMER_GROUP: group '{kafka.consumer_group}' has applied nothing of "
+            f"{kafka.topic} in this database; check the group and EVENTS_TOPIC"
+        )
+    read = await read_log(kafka.bootstrap_servers, kafka.topic, report.log_positions)
+    report.duplicates_skipped, report.unparseable_skipped = read.duplicates, read.unparseable
+    total = read.records - read.duplicates - read.unparseable
+    return _accounts_in(read, accounts, until), total
+
+
+async def _accounts_in(
+    read: LogRead, accounts: Sequence[str], until: datetime | None
+) -> AsyncIterator[tuple[str, list[FactEvent]]]:
+    for account_id in sorted(accounts or read.accounts):
+        events = read.accounts.get(account_id, [])
+        if until is not None:
+            events = [event for event in events if event.recorded_at <= until]
+        if events:
+            yield account_id, events
 
 
 async def _chunks(
@@ -164,6 +247,7 @@ async def _compare_chunk(
     card: RateCard,
     chunk: dict[str, list[FactEvent]],
     report: ReplayReport,
+    as_of: datetime | None,
 ) -> list[Difference]:
     accounts = list(chunk)
     stored_entries: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
@@ -196,9 +280,40 @@ async def _compare_chunk(
             replayed = {event.event_id for event in events}
             stored = {i: entry for i, entry in stored.items() if entry[0] in replayed}
         differences += _entry_differences(account_id, stored, results)
+        if as_of is not None:
+            report.balances += balances_at(account_id, state, as_of)
         if report.final_states_compared:
             differences += _state_differences(account_id, stored_states.get(account_id), state)
     return differences
+
+
+def balances_at(account_id: str, state: AccountState, at: datetime) -> list[dict[str, Any]]:
+    """Each subscription's and seat's balances at `at`, in credits, as the views compute them."""
+    balances = []
+    for subscription_id in sorted(state.subscriptions):
+        view = subscription_view(state, subscription_id, at)
+        assert view is not None
+        balances.append(
+            {
+                "account_id": account_id,
+                "subscription_id": subscription_id,
+                "status": view.status,
+                "month_start": view.month_start.isoformat(),
+                "month_end": view.month_end.isoformat(),
+                "remaining": to_decimal_string(view.remaining_micro),
+                "seats": [
+                    {
+                        "seat_id": seat.seat_id,
+                        "tier": seat.tier,
+                        "status": seat.status,
+                        "seat_remaining": to_decimal_string(seat.seat_remaining_micro),
+                        "shared_remaining": to_decimal_string(seat.shared_remaining_micro),
+                    }
+                    for seat in view.seats
+                ],
+            }
+        )
+    return balances
 
 
 def _entry_differences(

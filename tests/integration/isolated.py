@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 
 from metering.db import migrate_url
 from metering.processes import die_with_parent, free_port, stop_process
@@ -85,6 +87,22 @@ class IsolatedEnv:
             )
         self.processes.append(process)
         return process, f"http://127.0.0.1:{port}"
+
+    def cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        """`metering <args>` with this env's settings, as an operator would run it."""
+        return subprocess.run(
+            [sys.executable, "-m", "metering.cli", *args],
+            env=self.environ(free_port(), **extra),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def replay(self, report: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
+        """`metering replay`: exit status, everything printed, and the JSON report."""
+        done = self.cli("replay", "--report", str(report), *args)
+        body = orjson.loads(report.read_bytes()) if report.exists() else {}
+        return done.returncode, done.stdout + done.stderr, body
 
     def log_tail(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.logs.glob("*.log")))

@@ -380,6 +380,16 @@ async def test_50k_usage_events_equal_the_pure_fold(
         'metering_ledger_facts_rejected_total{reason="unknown_key"}',
     ):
         assert name in metrics, name
+    assert_replays_identical(env, len(load.messages) - len(poison))
+
+
+def assert_replays_identical(env: IsolatedEnv, events: int, duplicates: int = 0) -> None:
+    """The audit replay from both sources of the log finds the ledger identical."""
+    for source in ("archive", "kafka"):
+        status, output, report = env.replay(env.logs / f"{source}.json", "--source", source)
+        assert (status, report.get("differences")) == (0, []), output
+        assert report["events"] == events
+    assert report["duplicates_skipped"] == duplicates
 
 
 async def test_every_event_published_twice_gives_the_same_ledger(
@@ -392,6 +402,9 @@ async def test_every_event_published_twice_gives_the_same_ledger(
     await wait_ready(url, env)
     await wait_until_done(db, env, len(doubled))
     assert_same_ledger(await snapshot(db), expected(load))
+    unparseable = sum(1 for _, v in load.messages if not v.startswith(b'{"event_id":"'))
+    events = len(load.messages) - unparseable
+    assert_replays_identical(env, events, duplicates=events)
 
 
 def _with_late_copies(

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import orjson
 import pytest
 
-from metering.processes import free_port
+from metering.core.fold import fold
+from metering.core.money import to_decimal_string
+from metering.core.views import subscription_view
 from metering.stack import Stack
+from schemas.envelope import parse_event
 from tests.integration.isolated import TOKEN, IsolatedEnv, isolated_env
-from tests.integration.test_ledger import make_load, produce, wait_ready, wait_until_done
+from tests.integration.test_ledger import CARD, make_load, produce, wait_ready, wait_until_done
 
 pytestmark = pytest.mark.integration
 
@@ -37,36 +38,81 @@ async def ran(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[IsolatedEnv, 
         yield env, url
 
 
-def metering(env: IsolatedEnv, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metering.cli", *args],
-        env=env.environ(free_port(), **extra),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def replay_report(env: IsolatedEnv, tmp_path: Path, *args: str) -> tuple[int, str, dict[str, Any]]:
-    report = tmp_path / "report.json"
-    done = metering(env, "replay", "--report", str(report), *args)
-    return done.returncode, done.stdout + done.stderr, orjson.loads(report.read_bytes())
-
-
-async def test_replay_from_the_archive_equals_the_ledger(
-    ran: tuple[IsolatedEnv, str], tmp_path: Path
+@pytest.mark.parametrize("source", ["archive", "kafka"])
+async def test_replay_equals_the_ledger(
+    ran: tuple[IsolatedEnv, str], tmp_path: Path, source: str
 ) -> None:
     env, _ = ran
-    status, output, report = replay_report(env, tmp_path)
-    assert (status, report["differences"]) == (0, []), output
-    assert report["accounts"] == 20
+    report_path = tmp_path / "report.json"
+    status, output, report = env.replay(report_path, "--source", source)
+    assert (status, report.get("differences")) == (0, []), output
+    assert (report["source"], report["accounts"]) == (source, 20)
     assert report["events"] >= 2000
     one = f"{env.name}-acct-3"
-    status, output, report = replay_report(
-        env, tmp_path, "--account", one, "--until", "2026-02-01T00:00:00Z"
+    status, output, report = env.replay(
+        report_path, "--source", source, "--account", one, "--until", "2026-02-01T00:00:00Z"
     )
     assert (status, report["accounts"], report["final_states_compared"]) == (0, 1, False), output
     assert "final states not compared" in output
+
+
+async def test_kafka_replay_reads_up_to_the_ledgers_offsets_and_skips_what_it_skipped(
+    ran: tuple[IsolatedEnv, str], tmp_path: Path
+) -> None:
+    env, _ = ran
+    db = await asyncpg.connect(env.database_url)
+    try:
+        stored = {
+            row["partition"]: row["next_offset"]
+            for row in await db.fetch("SELECT partition, next_offset FROM consumer_offsets")
+        }
+        archived = await db.fetchval("SELECT count(*) FROM ledger_events_archive")
+    finally:
+        await db.close()
+    status, output, report = env.replay(tmp_path / "report.json", "--source", "kafka")
+    assert status == 0, output
+    assert {int(p): o for p, o in report["log_positions"].items()} == stored
+    assert report["events"] == archived
+    assert report["events"] + report["unparseable_skipped"] == sum(stored.values())
+
+
+async def test_as_of_prints_the_balances_of_that_time(
+    ran: tuple[IsolatedEnv, str], tmp_path: Path
+) -> None:
+    env, _ = ran
+    one = f"{env.name}-acct-1"
+    before = "2026-01-01T00:00:00Z"  # before the load's first event
+    status, output, report = env.replay(tmp_path / "r.json", "--account", one, "--as-of", before)
+    assert (status, report["events"], report["balances"]) == (0, 0, []), output
+
+    as_of = datetime(2026, 1, 20, tzinfo=UTC)
+    status, output, report = env.replay(
+        tmp_path / "r.json", "--account", one, "--as-of", as_of.isoformat()
+    )
+    assert status == 0, output
+    assert f"balances as of {as_of.isoformat()}" in output
+    db = await asyncpg.connect(env.database_url)
+    try:
+        archived = [
+            parse_event(row["value"])
+            for row in await db.fetch(
+                "SELECT value FROM ledger_events_archive "
+                'WHERE account_id = $1 AND recorded_at <= $2 ORDER BY partition, "offset"',
+                one,
+                as_of,
+            )
+        ]
+    finally:
+        await db.close()
+    state, _ = fold(archived, CARD)
+    view = subscription_view(state, f"{env.name}-sub-1", as_of)
+    assert view is not None
+    [balance] = report["balances"]
+    assert balance["remaining"] == to_decimal_string(view.remaining_micro)
+    assert [s["seat_remaining"] for s in balance["seats"]] == [
+        to_decimal_string(s.seat_remaining_micro) for s in view.seats
+    ]
+    assert view.remaining_micro < view.quota_micro, "some usage must have been charged by then"
 
 
 async def test_a_tampered_entry_or_state_is_named(
@@ -81,11 +127,12 @@ async def test_a_tampered_entry_or_state_is_named(
             "WHERE event_type = 'CreditsDeducted' ORDER BY event_id LIMIT 1) "
             "RETURNING event_id::text"
         )
-        status, output, report = replay_report(env, tmp_path)
-        assert status == 1
-        assert entry_id in output
-        assert [d["entry_id"] for d in report["differences"]] == [entry_id]
-        assert "payload.price_micro" in report["differences"][0]["what"]
+        for source in ("archive", "kafka"):
+            status, output, report = env.replay(tmp_path / "r.json", "--source", source)
+            assert status == 1, output
+            assert entry_id in output
+            assert [d["entry_id"] for d in report["differences"]] == [entry_id]
+            assert "payload.price_micro" in report["differences"][0]["what"]
 
         account = f"{env.name}-acct-5"
         await db.execute(
@@ -93,7 +140,7 @@ async def test_a_tampered_entry_or_state_is_named(
             "WHERE account_id = $1",
             account,
         )
-        status, output, report = replay_report(env, tmp_path, "--account", account)
+        status, output, report = env.replay(tmp_path / "r.json", "--account", account)
         assert status == 1
         assert f"account {account} state" in output
         assert [(d["account_id"], d["entry_id"]) for d in report["differences"]] == [
@@ -111,13 +158,23 @@ async def test_statement_from_the_replay_equals_the_ledgers(ran: tuple[IsolatedE
             served = await c.get(
                 f"/v1/subscriptions/{subscription}/statement", params={"month": month}
             )
-            printed = metering(env, "statement", "--subscription", subscription, "--month", month)
+            printed = env.cli("statement", "--subscription", subscription, "--month", month)
             assert printed.returncode == 0, printed.stderr
             assert orjson.loads(printed.stdout) == served.json()
 
 
 def test_a_bad_database_url_exits_2_naming_it(stack: Stack, tmp_path: Path) -> None:
     env = IsolatedEnv(stack, "rpmissing", stack.database_url.rsplit("/", 1)[0] + "/nope", tmp_path)
-    done = metering(env, "replay")
+    done = env.cli("replay")
     assert done.returncode == 2
     assert "DATABASE_URL" in done.stderr
+
+
+async def test_kafka_replay_of_a_group_that_applied_nothing_exits_2_naming_it(
+    ran: tuple[IsolatedEnv, str], tmp_path: Path
+) -> None:
+    env, _ = ran
+    done = env.cli("replay", "--source", "kafka", LEDGER_CONSUMER_GROUP="nobody")
+    assert done.returncode == 2
+    assert "LEDGER_CONSUMER_GROUP" in done.stderr
+    assert "'nobody'" in done.stderr
