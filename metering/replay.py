@@ -326,10 +326,9 @@ def _entry_differences(
             what = f"{result.event_type} produced by the replay is missing from the ledger"
             differences.append(Difference(account_id, entry_id, what))
             continue
-        paths = differing_paths(
-            orjson.loads(stored[entry_id][1]), orjson.loads(result.model_dump_json())
-        )
-        if paths:
+        ledger, replayed = orjson.loads(stored[entry_id][1]), orjson.loads(result.model_dump_json())
+        if ledger != replayed:  # the walk below only runs to name what differs
+            paths = differing_paths(ledger, replayed)
             differences.append(Difference(account_id, entry_id, "; ".join(paths)))
     differences += [
         Difference(account_id, entry_id, "in the ledger, not produced by the replay")
@@ -343,8 +342,10 @@ def _state_differences(
 ) -> list[Difference]:
     if stored is None:
         return [Difference(account_id, "state", "the ledger has no state for this account")]
-    paths = differing_paths(orjson.loads(stored), orjson.loads(orjson.dumps(state.to_dict())))
-    return [Difference(account_id, "state", "; ".join(paths))] if paths else []
+    ledger, replayed = orjson.loads(stored), orjson.loads(orjson.dumps(state.to_dict()))
+    if ledger == replayed:
+        return []
+    return [Difference(account_id, "state", "; ".join(differing_paths(ledger, replayed)))]
 
 
 async def _ledger_only(

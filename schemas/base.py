@@ -55,12 +55,17 @@ class Contract(BaseModel):
         Validation costs several times more than the rest of a deduction; the unit tests
         re-validate every result the fold builds this way, so the shapes cannot drift.
         """
-        instance = cls.__new__(cls)
-        object.__setattr__(instance, "__dict__", fields)
-        object.__setattr__(instance, "__pydantic_fields_set__", set(fields))
-        object.__setattr__(instance, "__pydantic_extra__", None)
-        object.__setattr__(instance, "__pydantic_private__", None)
+        instance = _new_object(cls)
+        _set_slot(instance, "__dict__", fields)
+        _set_slot(instance, "__pydantic_fields_set__", set(fields))
+        _set_slot(instance, "__pydantic_extra__", None)
+        _set_slot(instance, "__pydantic_private__", None)
         return instance
+
+
+_new_object = object.__new__
+_set_slot = object.__setattr__
+"""Bound once: `trusted` runs for every result of the fold."""
 
 
 class UsageCounts(Contract):

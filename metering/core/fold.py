@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from metering.core.calendar import add_months
-from metering.core.catalog import PACK_VALIDITY_MONTHS, is_upgrade
+from metering.core.catalog import PACK_CREDITS_MICRO, PACK_VALIDITY_MONTHS, is_upgrade
 from metering.core.pricing import UnpriceableUsage, price
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.core.state import AccountState, ApiKey, Pack, Seat, Subscription
@@ -222,9 +222,9 @@ def _draw_from_packs(
     shared_left = 0
     drained = False
     for pack in sub.packs:
-        if not pack.valid_at(t):
+        if pack.expired or not pack.purchased_at <= t < pack.expires_at:  # Pack.valid_at
             continue
-        left = pack.remaining_micro
+        left = PACK_CREDITS_MICRO - pack.used_micro
         if due and left:
             paid = min(due, left)
             pack.used_micro += paid

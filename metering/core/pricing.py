@@ -54,16 +54,19 @@ def price(model: ModelRates, usage: PricedUsage) -> Quote:
     tool calls are priced for every model.
     """
     components: list[PriceComponent] = []
+    unit = model.rounding.unit_micro
+    mode = model.rounding.mode
+    coefficient = model.coefficient_millionths
     rates = model.rates
     if isinstance(rates, TokenRates):
         if usage.images:
             raise UnpriceableUsage(f"{model.model} is a text model and cannot price images")
-        output_name: ComponentName = "thinking" if usage.thinking else "output"
-        output_rate = (
-            rates.thinking_output_per_million_micro
-            if usage.thinking
-            else rates.output_per_million_micro
-        )
+        per_unit = _PER_MILLION_TOKENS * unit
+        if usage.thinking:
+            output_name: ComponentName = "thinking"
+            output_rate = rates.thinking_output_per_million_micro
+        else:
+            output_name, output_rate = "output", rates.output_per_million_micro
         parts: tuple[tuple[ComponentName, int, int], ...] = (
             ("input", usage.input_tokens, rates.input_per_million_micro),
             ("cached", usage.cached_tokens, rates.cached_per_million_micro),
@@ -71,35 +74,36 @@ def price(model: ModelRates, usage: PricedUsage) -> Quote:
         )
         for name, quantity, rate in parts:
             if quantity:
+                units = _round(quantity * rate * coefficient, per_unit, mode)
                 components.append(
-                    _component(model, name, quantity, quantity * rate, _PER_MILLION_TOKENS)
+                    {"name": name, "quantity": quantity, "credits_micro": units * unit}
                 )
     elif usage.images:
-        cost = usage.images * rates.per_image_micro
-        components.append(_component(model, "images", usage.images, cost, _PER_ITEM))
+        units = _round(usage.images * rates.per_image_micro * coefficient, _PER_ITEM * unit, mode)
+        components.append(
+            {"name": "images", "quantity": usage.images, "credits_micro": units * unit}
+        )
 
-    calls = sum(usage.tool_calls.values())
-    if calls:
-        fees = model.tool_call_fees_micro
-        default = fees["default"]
-        cost = sum(n * fees.get(tool, default) for tool, n in usage.tool_calls.items())
-        components.append(_component(model, "tools", calls, cost, _PER_ITEM))
+    tool_calls = usage.tool_calls
+    if tool_calls:
+        calls = sum(tool_calls.values())
+        if calls:
+            fees = model.tool_call_fees_micro
+            default = fees["default"]
+            cost = sum(n * fees.get(tool, default) for tool, n in tool_calls.items())
+            units = _round(cost * coefficient, _PER_ITEM * unit, mode)
+            components.append({"name": "tools", "quantity": calls, "credits_micro": units * unit})
 
     total = sum(c["credits_micro"] for c in components)
     return Quote(model.model, model.version, model.coefficient, components, total)
 
 
-def _component(
-    model: ModelRates, name: ComponentName, quantity: int, cost: int, denominator: int
-) -> PriceComponent:
-    """One component: ``cost / denominator`` micro-credits * coefficient, rounded to the unit."""
-    unit = model.rounding.unit_micro
-    units = _round(cost * model.coefficient_millionths, denominator * unit, model.rounding.mode)
-    return {"name": name, "quantity": quantity, "credits_micro": units * unit}
-
-
 def _round(numerator: int, denominator: int, mode: RoundingMode) -> int:
-    """``numerator / denominator`` rounded to an integer by ``mode`` (both non-negative)."""
+    """``numerator / denominator`` rounded to an integer by ``mode`` (both non-negative).
+
+    Each component's exact cost is ``quantity * rate * coefficient / denominator``, rounded
+    to the card's unit: the caller passes ``denominator * unit`` and multiplies back.
+    """
     quotient, remainder = divmod(numerator, denominator)
     if not remainder or mode == "down":
         return quotient
