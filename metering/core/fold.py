@@ -2,8 +2,9 @@
 
 ``apply(state, event, card)`` is deterministic: no I/O, no clock reads, no randomness. Time
 comes in as data: the usage's ``occurred_at`` selects its seat month and packs, and the
-account's clock (the latest ``occurred_at`` seen) is "now" for statuses and expiries, which
-are noticed lazily at the first fact after they fall due. A well-formed fact that does not
+account's clock (the latest ``occurred_at`` or ``recorded_at`` seen: a late report still
+proves that its recording time has come) is "now" for statuses and expiries, which are
+noticed lazily at the first fact after they fall due. A well-formed fact that does not
 fit the state becomes a ``FactRejected`` result and changes nothing; ``apply`` never raises
 for a valid envelope.
 """
@@ -73,8 +74,12 @@ def apply(state: AccountState, event: FactEvent, card: RateCard) -> list[ResultE
     t = event.occurred_at
     if t.tzinfo is not UTC:  # the state keeps UTC times: comparing like with like is 10x faster
         t = t.astimezone(UTC)
-    if state.clock is None or t > state.clock:
-        state.clock = t
+    recorded = event.recorded_at
+    if recorded.tzinfo is not UTC:
+        recorded = recorded.astimezone(UTC)
+    known = recorded if recorded > t else t  # a late fact still proves its recording time came
+    if state.clock is None or known > state.clock:
+        state.clock = known
     if state.next_review is not None and state.clock >= state.next_review:
         _review(state, out, None)
     payload = event.payload

@@ -160,7 +160,7 @@ class AccountState:
     request_ids: set[str] = field(default_factory=set)
     """Every usage request id already deducted, to refuse duplicates."""
     clock: datetime | None = None
-    """The latest ``occurred_at`` seen: the account's notion of now."""
+    """The latest ``occurred_at`` or ``recorded_at`` seen: the account's notion of now."""
     next_review: datetime | None = None
     """The earliest time a pack expiry, subscription end, pack start or seat reset is due."""
 

@@ -28,7 +28,10 @@ class Facts:
         self.account_id = account_id
         self.count = 0
 
-    def event(self, event_type: str, when: datetime, **payload: Any) -> FactEvent:
+    def event(
+        self, event_type: str, when: datetime, recorded: datetime | None = None, **payload: Any
+    ) -> FactEvent:
+        """A fact that occurred at ``when``, recorded a second later unless ``recorded``."""
         self.count += 1
         return FACT_ADAPTER.validate_python(
             {
@@ -36,7 +39,7 @@ class Facts:
                 "event_type": event_type,
                 "schema_version": 1,
                 "occurred_at": when,
-                "recorded_at": when + timedelta(seconds=1),
+                "recorded_at": recorded or when + timedelta(seconds=1),
                 "account_id": self.account_id,
                 "payload": payload,
             }
@@ -105,6 +108,7 @@ class Facts:
         request_id: str | None = None,
         model: str = "qwen3.6-plus",
         sub: str = "sub-1",
+        recorded: datetime | None = None,
         **counts: Any,
     ) -> FactEvent:
         """A usage; ``credits=n`` makes it cost exactly n credits of qwen3.6-plus input."""
@@ -120,6 +124,7 @@ class Facts:
         return self.event(
             "UsageRecorded",
             when,
+            recorded,
             request_id=request_id or f"req-{self.count + 1}",
             subscription_id=sub,
             seat_id=seat,

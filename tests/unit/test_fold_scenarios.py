@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from event_builders import DEFAULT_CARD, Facts, at, payloads
@@ -187,6 +187,25 @@ def late_usage_after_rollover() -> Scenario:
     )
 
 
+def late_usage_recorded_after_rollover() -> Scenario:
+    f = Facts()
+    month_end = at("2026-02-28 10:00")
+    return Scenario(
+        "late usage using up the ended month, recorded after it, leaves the seat active",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(
+                month_end - timedelta(seconds=1),
+                request_id="late",
+                credits=25_000,
+                recorded=month_end + timedelta(seconds=5),
+            ),
+        ],
+        receipts={"late": [("seat-1:2026-01", 25_000)]},
+        views=[("seat-1", month_end, 25_000, 0, "active")],
+    )
+
+
 def exhaustion_then_pack() -> Scenario:
     f = Facts()
     return Scenario(
@@ -365,6 +384,7 @@ SCENARIOS: list[Callable[[], Scenario]] = [
     upgrade_now_downgrade_next_month,
     upgrade_resumes,
     late_usage_after_rollover,
+    late_usage_recorded_after_rollover,
     exhaustion_then_pack,
     pack_drained_suspends_other_seats,
     rollover_resumes,
