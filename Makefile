@@ -30,6 +30,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install
+	bash deploy/k8s/ensure-kustomize.sh
 	$(BIN)/pytest
 
 ## make schemas: regenerate the JSON Schema / AsyncAPI documents from the pydantic contracts
