@@ -121,8 +121,13 @@ class ServiceRuntime:
         return await self.broker.ping(timeout=1.0)
 
     async def _consumers_assigned(self) -> bool:
-        """Every subscriber has joined its group and holds at least one partition."""
+        """Every subscriber is running and every worker (projections) is ready.
+
+        A side-door subscriber (ingest's Kafka entry) needs no partition of its own to be
+        ready: HTTP is the service's job, and a member without one is a standby, so ingest can
+        scale beyond the entry topic's partitions. Projection workers do need partitions.
+        """
         return all(
-            sub.consumer is not None and bool(sub.consumer.assignment())  # type: ignore[attr-defined]
+            sub.consumer is not None  # type: ignore[attr-defined]
             for sub in self.broker.subscribers
         ) and all(worker.ready() for worker in self._workers)
