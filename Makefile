@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest schemas lock clean
+.PHONY: install run test lint typecheck pytest deploy-tools schemas lock clean
 
 install: $(STAMP)
 
@@ -29,9 +29,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
-	bash deploy/k8s/ensure-kustomize.sh
+pytest: install deploy-tools
 	$(BIN)/pytest
+
+## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests
+deploy-tools: install
+	bash deploy/k8s/ensure-kustomize.sh
+	sh deploy/prometheus/ensure-prometheus.sh
 
 ## make schemas: regenerate the JSON Schema / AsyncAPI documents from the pydantic contracts
 schemas: install

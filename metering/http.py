@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -13,6 +14,9 @@ from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from metering.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 PROBLEM_JSON = "application/problem+json"
@@ -85,6 +89,39 @@ async def _unauthorized_problem(_request: Request, error: Exception) -> Response
     return response
 
 
+class RequestMetrics:
+    """Counts and times every HTTP request by route template (pure ASGI: no extra task or
+    body copy on authorize's hot path). A handler that raises counts as 500."""
+
+    def __init__(self, app: ASGIApp, component: str) -> None:
+        self.app = app
+        self.component = component
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(self.component, method, template, str(status)).inc()
+            HTTP_SECONDS.labels(self.component, method, template).observe(
+                time.perf_counter() - started
+            )
+
+
 def create_app(
     service: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
@@ -96,6 +133,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(ValidationError, _validation_problem)
     app.add_exception_handler(Unauthorized, _unauthorized_problem)
+    app.add_middleware(RequestMetrics, component=service)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 MESSAGES_CONSUMED = Counter(
     "metering_messages_consumed_total",
     "Kafka messages a service has consumed, by topic.",
     ["topic"],
 )
+HTTP_REQUESTS = Counter(
+    "metering_http_requests_total",
+    "HTTP requests answered, by service (component), method, route template and status.",
+    ["component", "method", "route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "metering_http_request_duration_seconds",
+    "Time to answer an HTTP request, by service (component), method and route template.",
+    ["component", "method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+"""`component`, not `service`: the Prometheus Operator sets `service` on every target."""

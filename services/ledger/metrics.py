@@ -20,6 +20,11 @@ CREDITS_DEDUCTED = Counter(
     "Micro-credits paid by buckets, by model, seat tier and bucket (seat or pack).",
     ["model", "tier", "bucket"],
 )
+SUBSCRIPTION_CREDITS_DEDUCTED = Counter(
+    "metering_ledger_subscription_credits_deducted_micro_total",
+    "Micro-credits paid by buckets, by subscription and seat tier (for the business view).",
+    ["subscription_id", "tier"],
+)
 SHORTFALL = Counter(
     "metering_ledger_shortfall_micro_total",
     "Micro-credits of usage no bucket covered, by model.",

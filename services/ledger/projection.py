@@ -64,6 +64,7 @@ class _Tally:
 
     applied: Counter[str] = field(default_factory=Counter)
     credits: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    subscription_credits: Counter[tuple[str, str]] = field(default_factory=Counter)
     shortfall: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
@@ -78,6 +79,9 @@ class _Tally:
                     self.credits[payload.model, payload.tier, line["bucket"]] += line[
                         "amount_micro"
                     ]
+                    self.subscription_credits[payload.subscription_id, payload.tier] += line[
+                        "amount_micro"
+                    ]
                 self.shortfall[payload.model] += payload.shortfall_micro
             elif result.event_type == "FactRejected":
                 self.rejected[payload.reason] += 1
@@ -87,6 +91,8 @@ class _Tally:
             metrics.EVENTS_APPLIED.labels(event_type).inc(n)
         for (model, tier, bucket), micro in self.credits.items():
             metrics.CREDITS_DEDUCTED.labels(model, tier, bucket).inc(micro)
+        for (subscription_id, tier), micro in self.subscription_credits.items():
+            metrics.SUBSCRIPTION_CREDITS_DEDUCTED.labels(subscription_id, tier).inc(micro)
         for model, micro in self.shortfall.items():
             metrics.SHORTFALL.labels(model).inc(micro)
         for reason, n in self.rejected.items():

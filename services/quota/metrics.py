@@ -21,6 +21,20 @@ SEATS_SUSPENDED = Gauge(
     "Seats whose last published status is suspended, by reason.",
     ["reason"],
 )
+for _reason in (
+    "quota_exhausted",
+    "seat_removed",
+    "subscription_not_started",
+    "subscription_cancelled",
+    "subscription_expired",
+):  # at 0 from the start, so the first suspensions of a reason show as an increase
+    SEATS_SUSPENDED.labels(_reason)
+SUBSCRIPTION_UTILIZATION = Gauge(
+    "metering_quota_subscription_utilization_ratio",
+    "Credits used of the credits available this month (seats and valid packs), 0 to 1, "
+    "per active subscription.",
+    ["subscription_id"],
+)
 SEAT_STATUSES_PUBLISHED = Counter(
     "metering_quota_seat_statuses_published_total",
     "Seat status changes written for metering.seat-status.v1, by who noticed them (fold, timer).",

@@ -14,6 +14,7 @@ before its next batch is applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 from metering.core.fold import apply
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
+from metering.core.views import subscription_view
 from metering.db import Connection
 from metering.outbox import Outbox
 from metering.projection import Record
@@ -157,6 +159,7 @@ class QuotaProjection:
             self._due[account_id] = _DUE_NOW
         self._last_commit = time.monotonic()
         now = self._clock()
+        self._report_utilization(batch.touched, now)
         for recorded_at in batch.recorded:
             metrics.PROJECTION_LAG_SECONDS.observe(max(0.0, (now - recorded_at).total_seconds()))
         metrics.UNPARSEABLE_EVENTS.inc(batch.unparseable)
@@ -192,6 +195,7 @@ class QuotaProjection:
                 if state is not None:
                     changes = status_changes(state, self._published, now)
                     notices.extend((account_id, change) for change in changes)
+                    self._report_utilization([account_id], now)
             if not notices:
                 return 0
             published = {c.seat_id: (a, Published(c.status, c.reason)) for a, c in notices}
@@ -315,6 +319,21 @@ class QuotaProjection:
             [published[s][1].status for s in seats],
             [published[s][1].reason for s in seats],
         )
+
+    def _report_utilization(self, account_ids: Collection[str], now: datetime) -> None:
+        """Each active subscription's utilization now; an ended one leaves the gauge."""
+        gauge = metrics.SUBSCRIPTION_UTILIZATION
+        for account_id in account_ids:
+            state = self.directory.accounts.get(account_id)
+            if state is None:
+                continue
+            for subscription_id in state.subscriptions:
+                view = subscription_view(state, subscription_id, now)
+                if view is not None and view.status == "active":
+                    gauge.labels(subscription_id).set(view.utilization_basis_points / 10_000)
+                else:
+                    with contextlib.suppress(KeyError):  # it was never reported
+                        gauge.remove(subscription_id)
 
     def _set_published(self, seat_id: str, published: Published) -> None:
         """Record the seat's last published status and keep the suspended gauge in step."""

@@ -1,0 +1,306 @@
+"""Every Grafana panel and every Prometheus rule has data, on a real Prometheus scraping the
+real services after a short load through their public APIs.
+
+Prometheus (the binary deploy/prometheus/ensure-prometheus.sh installs) scrapes the session's
+three services every second and evaluates deploy/prometheus/metering-rules.yml. The load makes
+every event the panels show happen: plan commands new and repeated, usage accepted, repeated,
+conflicting and refused, a fact the ledger rejects, a seat exhausted into suspension with
+shortfall, a pack, authorize allowed and denied, a dead letter from the Kafka entry, and 503s
+from an extra ingest replica whose own broker is paused (the session's broker is never paused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from metering.dev import run_services, wait_until_ready
+from metering.processes import die_with_parent, free_port, stop_process
+from metering.stack import Stack, start_stack
+from metering.topics import USAGE_REPORTS
+from tests.conftest import ADMIN_TOKEN, SECRETS, free_port_run
+from tests.deploy.test_rules import (
+    DASHBOARDS,
+    RULES,
+    load_dashboard,
+    load_rules,
+    panel_queries,
+    selectors,
+    tool,
+    variable_queries,
+)
+from tests.integration.test_ingest import usage
+from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
+
+pytestmark = pytest.mark.integration
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+WINDOW = "5m"
+"""What `$__rate_interval` and `$__range` become: longer than the test, so all of it counts."""
+GRAFANA_VARIABLES = {
+    "$__rate_interval": WINDOW,
+    "$__range": WINDOW,
+    "$__interval": "1s",
+    "$subscription": ".*",
+}
+DEADLINE = 40.0
+
+
+def grafana_expr(expr: str) -> str:
+    """The query Grafana would send, with its variables as a dashboard showing everything."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+@contextmanager
+def running_prometheus(binary: str, tmp_path: Path, targets: dict[str, list[str]]) -> Iterator[str]:
+    """Prometheus scraping `targets` (job → host:port) every second with our rules; its URL."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {"job_name": job, "static_configs": [{"targets": hosts}]}
+                    for job, hosts in targets.items()
+                ],
+            }
+        )
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address={urlsplit(url).netloc}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    try:
+        give_up = time.monotonic() + 30
+        while not _answers(f"{url}/-/ready"):
+            assert process.poll() is None, f"prometheus exited; see {log_path}"
+            assert time.monotonic() < give_up, f"prometheus not ready in 30 s; see {log_path}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_process(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+def _broker_process(stack: Stack) -> psutil.Process:
+    """The embedded broker of `stack`, a child of this process."""
+    port = stack.kafka_bootstrap_servers.rsplit(":", 1)[1]
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        if f"127.0.0.1:{port}" in " ".join(child.cmdline()) and "broker" in child.cmdline():
+            return child
+    raise AssertionError("the embedded broker is not a child of this process")
+
+
+# -- the load --------------------------------------------------------------------------------
+
+
+def drive_load(services: dict[str, str], stack: Stack) -> None:
+    """Make happen every event a panel or a rule counts, through the public APIs."""
+    with (
+        httpx.Client(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest,
+        httpx.Client(base_url=services["quota"], timeout=30) as quota,
+        httpx.Client(base_url=services["ledger"], headers=AUTH, timeout=30) as ledger,
+    ):
+        team = make_team(ingest)
+        again = {"account_id": team.account, "subscription_id": team.subscription}
+        repeated = ingest.post(
+            "/v1/subscriptions", json={**again, "started_at": team.started_at.isoformat()}
+        )
+        assert repeated.json()["duplicate"], repeated.text
+        team.buy_pack(datetime.now(UTC) - timedelta(hours=1))
+
+        key_id = team.keys[team.seat(2)][0]
+        fine = usage(team.account, f"ok-{uuid.uuid4().hex}", seat_id=team.seat(2), key_id=key_id)
+        reports = [
+            fine,
+            fine,  # duplicate
+            {**fine, "output_tokens": 1},  # conflict
+            {**fine, "request_id": f"bad-{uuid.uuid4().hex}", "model": "gpt-9"},  # invalid
+            {**fine, "request_id": f"bad-{uuid.uuid4().hex}", "input_tokens": -5},  # invalid
+            {**fine, "request_id": f"nokey-{uuid.uuid4().hex}", "key_id": "nokey"},  # FactRejected
+        ]
+        statuses = [
+            r["status"]
+            for r in ingest.post("/v1/usage/batch", json={"reports": reports}).json()["results"]
+        ]
+        assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid", "accepted"]
+
+        team.use(1, 6, **BIG_USAGE)  # the seat's month and the pack, and shortfall
+        assert until(lambda: authorize(quota, team.key(1)), status_is(403)).status_code == 403
+        assert authorize(quota, team.key(2)).status_code == 200
+        unknown_key = {"Authorization": "Bearer sk-tp-not-a-key", "X-Forwarded-For": "192.0.2.1"}
+        denied = quota.post("/v1/authorize", json={"model": "qwen3.6-plus"}, headers=unknown_key)
+        assert denied.status_code == 401, denied.text  # from an address of its own: no 429
+        deducted = until(  # the ledger applied this round before the next one begins
+            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage"),
+            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 7,
+        )
+        assert len(deducted.json()["rows"]) == 7, deducted.text
+
+    asyncio.run(_produce_unparseable_report(stack, team.account))
+
+
+async def _produce_unparseable_report(stack: Stack, account: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(USAGE_REPORTS, b"{not json", key=account.encode())
+    finally:
+        await producer.stop()
+
+
+def refuse_with_503(replica: str, stack: Stack) -> None:
+    """A usage report to an ingest replica whose broker is paused: 503 after 5 s."""
+    broker = _broker_process(stack)
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        report = usage(f"outage-{uuid.uuid4().hex[:8]}", "during")
+        refused = httpx.post(f"{replica}/v1/usage", json=report, headers=AUTH, timeout=30)
+        assert refused.status_code == 503, refused.text
+    finally:
+        broker.send_signal(signal.SIGCONT)
+
+
+# -- the checks ------------------------------------------------------------------------------
+
+
+def _query(prometheus: str, expr: str) -> list[float]:
+    """The values an instant query returns now (empty: no data)."""
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    assert answer.status_code == 200, f"{expr}: {answer.text}"
+    data: dict[str, Any] = answer.json()["data"]
+    if data["resultType"] == "scalar":
+        return [float(data["result"][1])]
+    return [float(series["value"][1]) for series in data["result"]]
+
+
+def _checks() -> list[tuple[str, str, bool]]:
+    """(what, query, whether a value must be a number) for every panel, rule and selector."""
+    checks = []
+    for path in DASHBOARDS:
+        dashboard = load_dashboard(path)
+        for panel, target in panel_queries(dashboard):
+            where = (
+                f"{dashboard['title']} ({path.name}), panel {panel['title']!r} ({target['refId']})"
+            )
+            checks.append((where, grafana_expr(target["expr"]), True))
+        for variable, query in variable_queries(dashboard):
+            checks.append((f"{dashboard['title']} ({path.name}), variable {variable}", query, True))
+    for rule in load_rules():
+        if "record" in rule:
+            checks.append((f"recording rule {rule['record']}", rule["expr"], True))
+        else:
+            where = f"alert {rule['alert']}, selector"
+            checks.extend((where, selector, False) for selector in selectors(rule["expr"]))
+    return checks
+
+
+def _missing(prometheus: str, checks: list[tuple[str, str, bool]]) -> list[str]:
+    failures = []
+    for where, expr, numeric in checks:
+        values = _query(prometheus, expr)
+        if not values:
+            failures.append(f"{where}: no data for {expr}")
+        elif numeric and all(math.isnan(v) for v in values):
+            failures.append(f"{where}: only NaN for {expr}")
+    return failures
+
+
+def _rule_problems(prometheus: str) -> list[str]:
+    """Rules Prometheus has not evaluated yet or could not evaluate."""
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    return [
+        f"rule {rule['name']}: {rule['health']} {rule.get('lastError', '')}".strip()
+        for group in groups
+        for rule in group["rules"]
+        if rule["health"] != "ok"
+    ]
+
+
+def _targets_down(prometheus: str) -> list[str]:
+    targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]
+    return [
+        f"target {t['scrapeUrl']}: {t['health']} {t['lastError']}"
+        for t in targets["activeTargets"]
+        if t["health"] != "up"
+    ]
+
+
+def wait_for_scrapes(prometheus: str, targets: int, after: float) -> None:
+    """Until every target was scraped successfully after `after` (a Unix time)."""
+    give_up = time.monotonic() + 30
+    while _query(prometheus, f"count(timestamp(up) > {after} and up == 1)") != [targets]:
+        assert time.monotonic() < give_up, f"{prometheus}: targets not scraped after {after}"
+        time.sleep(0.2)
+
+
+def test_every_panel_and_rule_has_data_after_a_short_load(
+    services: dict[str, str], stack: Stack, tmp_path: Path
+) -> None:
+    binary = tool("prometheus")
+    with (
+        start_stack(tmp_path / "outage", environ={}, docker_available=lambda: False) as outage,
+        run_services(outage, tmp_path, SECRETS, free_port_run(1), names=["ingest"]) as replica,
+    ):
+        targets = {name: [_host(url)] for name, url in services.items()}
+        targets["ingest"].append(_host(replica[0].url))
+        with running_prometheus(binary, tmp_path, targets) as prometheus:
+            # Prometheus counts no increase for a series it first sees above zero: each round
+            # of load starts after a scrape, so the second one shows in every rate.
+            for _ in range(2):
+                wait_for_scrapes(prometheus, len(services) + 1, time.time())
+                drive_load(services, stack)
+            wait_until_ready(replica)
+            refuse_with_503(replica[0].url, outage)
+
+            checks = _checks()
+            give_up = time.monotonic() + DEADLINE
+            while True:
+                problems = (
+                    _targets_down(prometheus)
+                    + _rule_problems(prometheus)
+                    + _missing(prometheus, checks)
+                )
+                if not problems or time.monotonic() > give_up:
+                    break
+                time.sleep(1)
+    assert not problems, "\n".join(problems)
