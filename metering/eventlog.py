@@ -39,9 +39,7 @@ class LogRead:
     """Records that are not valid events (the ledger dead-lettered them)."""
 
 
-async def read_log(
-    bootstrap_servers: str, topic: str, stop_offsets: Mapping[int, int]
-) -> LogRead:
+async def read_log(bootstrap_servers: str, topic: str, stop_offsets: Mapping[int, int]) -> LogRead:
     """Every record of `topic` before `stop_offsets[partition]`, from the first offset."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
