@@ -3,7 +3,8 @@
 A `ProjectionConsumer` (group `QUOTA_CONSUMER_GROUP`) folds metering.events.v1 into the
 in-memory `QuotaProjection` with the pure core, snapshotting each batch in PostgreSQL; an
 `OutboxRelay` publishes the seat statuses it decides to metering.seat-status.v1, and a
-`SeatStatusTimer` adds those that time alone changes. The HTTP API answers from memory.
+`SeatStatusTimer` adds those that time alone changes. The HTTP API answers from memory,
+`POST /v1/authorize` through `AuthorizeFastPath`, ahead of FastAPI's routing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
@@ -19,7 +21,7 @@ from metering.projection import ProjectionConsumer
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 from quota import metrics
-from quota.api import quota_router
+from quota.api import AuthorizeFastPath, Authorizer, quota_router
 from quota.projection import OUTBOX, QuotaProjection
 from quota.ratelimit import FailedKeyLimiter
 from quota.timer import SeatStatusTimer
@@ -59,10 +61,10 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     runtime.add_worker(relay)
     runtime.add_worker(consumer)
     runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
-    app = create_app("quota", runtime.lifespan, runtime.readiness)
-    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
-    app.include_router(
-        quota_router(projection.directory, card, key_hash_secret, limiter, clock, guard)
-    )
+    authorizer = Authorizer(projection.directory, card, key_hash_secret, limiter, clock)
+    hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
+    app = create_app("quota", runtime.lifespan, runtime.readiness, hot_paths=hot_paths)
+    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
+    app.include_router(quota_router(projection.directory, authorizer, clock, guard))
     return app

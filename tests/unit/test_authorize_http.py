@@ -1,0 +1,114 @@
+"""`POST /v1/authorize` over ASGI: the fast path answers byte for byte as the FastAPI route
+it bypasses (the documented operation), for every case of the decision table."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+
+from metering.http import Readiness, bearer_guard, create_app
+from quota.api import AuthorizeFastPath, Authorizer, quota_router
+from quota.ratelimit import FailedKeyLimiter
+from tests.unit.event_builders import DEFAULT_CARD
+from tests.unit.test_quota import CASES, DIRECTORY, NOW, SECRET
+
+
+@contextlib.asynccontextmanager
+async def _no_lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+
+
+def quota_app(now: datetime, *, fast_path: bool, failed_keys_per_minute: int = 60) -> FastAPI:
+    limiter = FailedKeyLimiter(failed_keys_per_minute)
+    authorizer = Authorizer(DIRECTORY, DEFAULT_CARD, SECRET, limiter, lambda: now)
+    hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)] if fast_path else []
+    app = create_app("quota", _no_lifespan, Readiness(), hot_paths=hot_paths)
+    app.include_router(quota_router(DIRECTORY, authorizer, lambda: now, bearer_guard(["t"])))
+    return app
+
+
+async def post(app: FastAPI, body: bytes, key: str | None = None) -> httpx.Response:
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+        return await client.post("/v1/authorize", content=body, headers=headers)
+
+
+async def both(now: datetime, body: bytes, key: str | None = None) -> httpx.Response:
+    """The fast path's answer, once checked equal to the FastAPI route's."""
+    fast = await post(quota_app(now, fast_path=True), body, key)
+    routed = await post(quota_app(now, fast_path=False), body, key)
+    assert (fast.status_code, fast.headers, fast.content) == (
+        routed.status_code,
+        routed.headers,
+        routed.content,
+    )
+    return fast
+
+
+@pytest.mark.parametrize(
+    ("presented", "request_fields", "now", "status", "code"),
+    [case[1:6] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+async def test_fast_path_answers_as_the_route_for_each_case(
+    presented: str | None, request_fields: dict[str, Any], now: datetime, status: int, code: str
+) -> None:
+    body = httpx.Request("POST", "/", json={"model": "qwen3.6-plus", **request_fields}).content
+    answer = await both(now, body, presented)
+    assert answer.status_code == status
+    assert answer.json().get("code", "allowed") == code
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b'{"model": 7}', b'{"model": "qwen3.6-plus", "input_tokens": -1}'],
+    ids=["no model", "model not a string", "negative input tokens"],
+)
+async def test_fast_path_rejects_invalid_bodies_as_the_route(body: bytes) -> None:
+    answer = await both(NOW, body, "sk-tp-packed-2")
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b'{"model": ', "Invalid JSON"), (b"[]", "Input should be an object")],
+    ids=["not JSON", "not an object"],
+)
+async def test_fast_path_names_a_body_that_is_not_a_json_object(body: bytes, message: str) -> None:
+    """(FastAPI's own words differ here: the fast path's come from pydantic directly.)"""
+    answer = await post(quota_app(NOW, fast_path=True), body, "sk-tp-packed-2")
+    assert answer.status_code == 422
+    problem = answer.json()
+    assert problem["detail"] == "invalid fields: body"
+    assert message in problem["errors"][0]["message"]
+
+
+async def test_fast_path_limits_failed_keys_as_the_route() -> None:
+    """One failed key allowed a minute: the second is asked to wait."""
+    for fast_path in (True, False):
+        app = quota_app(NOW, fast_path=fast_path, failed_keys_per_minute=1)
+        first = await post(app, b'{"model": "qwen3.6-plus"}', "sk-tp-nobody")
+        second = await post(app, b'{"model": "qwen3.6-plus"}', "sk-tp-nobody")
+        assert (first.status_code, second.status_code) == (401, 429)
+        assert second.json()["code"] == "too_many_failed_keys"
+        assert int(second.headers["retry-after"]) >= 1
+
+
+async def test_other_requests_pass_through_the_fast_path() -> None:
+    transport = httpx.ASGITransport(app=quota_app(NOW, fast_path=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+        assert (await client.get("/v1/authorize")).status_code == 405
+        assert (await client.get("/healthz")).json()["status"] == "ok"
+        seat = await client.get("/v1/seats/seat-2packed", headers={"authorization": "Bearer t"})
+        assert seat.json()["remaining"] == "25000"
