@@ -8,6 +8,7 @@ it for rollback and ``to_dict()``/``from_dict()`` persist it as JSON-able data.
 
 import copy
 from bisect import insort
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -175,22 +176,29 @@ class AccountState:
         """An independent copy, for adapters that may need to roll back."""
         return copy.deepcopy(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict; ``from_dict(to_dict(s)) == s``."""
-        return {
+    def to_dict(self, *, with_request_ids: bool = True) -> dict[str, Any]:
+        """A JSON-able dict; ``from_dict(to_dict(s)) == s``.
+
+        Without request ids it is the part that changes in place, the one projections
+        rewrite each batch; the ids only grow, so they store them apart, adding the new ones.
+        """
+        data: dict[str, Any] = {
             "format": STATE_FORMAT,
             "clock": _time(self.clock),
             "next_review": _time(self.next_review),
-            "request_ids": sorted(self.request_ids),
             "keys": {key_id: _key_to_dict(key) for key_id, key in sorted(self.keys.items())},
             "subscriptions": {
                 sub_id: _subscription_to_dict(sub)
                 for sub_id, sub in sorted(self.subscriptions.items())
             },
         }
+        if with_request_ids:
+            data["request_ids"] = sorted(self.request_ids)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AccountState":
+    def from_dict(cls, data: dict[str, Any], request_ids: Iterable[str] = ()) -> "AccountState":
+        """The state `data` holds, with `request_ids` added to any it has."""
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported account state format {data.get('format')!r}")
         return cls(
@@ -199,7 +207,7 @@ class AccountState:
                 for sub_id, sub in data["subscriptions"].items()
             },
             keys={key_id: _key_from_dict(key_id, key) for key_id, key in data["keys"].items()},
-            request_ids=set(data["request_ids"]),
+            request_ids={*data.get("request_ids", ()), *request_ids},
             clock=_parse_time(data["clock"]),
             next_review=_parse_time(data["next_review"]),
         )

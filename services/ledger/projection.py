@@ -190,20 +190,24 @@ class LedgerProjection:
             missing,
         )
         stored = {row["account_id"]: row for row in rows}
+        request_ids = await _deducted_request_ids(conn, list(stored))
         for account_id in missing:
             row = stored.get(account_id)
             self._accounts[account_id] = (
                 _Account(AccountState(), 0, partitions[account_id])
                 if row is None
                 else _Account(
-                    AccountState.from_dict(orjson.loads(row["state"])),
+                    AccountState.from_dict(
+                        orjson.loads(row["state"]), request_ids.get(account_id, ())
+                    ),
                     row["version"],
                     partitions[account_id],
                 )
             )
 
     async def _store_accounts(self, conn: Connection) -> None:
-        """Write each touched account's state as the next version of what we read."""
+        """Write each touched account's state as the next version of what we read (its
+        request ids are those of its `CreditsDeducted` entries: they are not written again)."""
         touched = sorted(self._touched)
         if not touched:
             return
@@ -223,7 +227,7 @@ class LedgerProjection:
             SELECT count(*) FROM written
             """,
             touched,
-            [orjson.dumps(self._accounts[a].state.to_dict()).decode() for a in touched],
+            [_state_json(self._accounts[a].state) for a in touched],
             [self._accounts[a].version for a in touched],
         )
         if written != len(touched):
@@ -243,6 +247,24 @@ class LedgerProjection:
             extra={"partition": record.partition, "offset": record.offset, "reason": reason[:200]},
         )
         return dead_letter(record, reason, datetime.now(UTC), self._topics.dlq)
+
+
+def _state_json(state: AccountState) -> str:
+    return orjson.dumps(state.to_dict(with_request_ids=False)).decode()
+
+
+async def _deducted_request_ids(conn: Connection, account_ids: list[str]) -> dict[str, list[str]]:
+    """The request ids each account has had deducted: what its stored state leaves out."""
+    request_ids: dict[str, list[str]] = {a: [] for a in account_ids}
+    if account_ids:
+        rows = await conn.fetch(
+            "SELECT account_id, request_id FROM ledger_entries "
+            "WHERE account_id = ANY($1::text[]) AND event_type = 'CreditsDeducted'",
+            account_ids,
+        )
+        for row in rows:
+            request_ids[row["account_id"]].append(row["request_id"])
+    return request_ids
 
 
 async def _not_yet_archived(

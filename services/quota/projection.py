@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -55,6 +55,8 @@ class _Batch:
     published: dict[str, tuple[str, Published]] = field(default_factory=dict)
     """seat id → (account id, status): the last status this batch publishes for the seat."""
     recorded: list[datetime] = field(default_factory=list)
+    deducted: list[tuple[str, str]] = field(default_factory=list)
+    """(account id, request id) of each usage deducted: the request ids to store."""
     unparseable: int = 0
 
 
@@ -116,9 +118,12 @@ class QuotaProjection:
                 "SELECT seat_id, status, reason FROM quota_seat_status WHERE consumer_group = $1",
                 self._group,
             )
+            request_ids = await self._request_ids(conn, None)
         self._in_step = {row["partition"]: row["next_offset"] for row in offsets}
         for row in accounts:
-            self._hold(row["account_id"], row["partition"], _state(row["state"]))
+            account_id = row["account_id"]
+            state = _state(row["state"], request_ids.get(account_id, ()))
+            self._hold(account_id, row["partition"], state)
         for row in statuses:
             self._set_published(row["seat_id"], Published(row["status"], row["reason"]))
         metrics.STALENESS_SECONDS.set_function(lambda: time.monotonic() - self._last_commit)
@@ -144,7 +149,7 @@ class QuotaProjection:
         outgoing = [self._fold(record, batch) for record in records]
         for account_id in batch.touched:
             self.directory.put(account_id, self.directory.accounts[account_id])
-        await self._store_accounts(conn, batch.touched)
+        await self._store_accounts(conn, batch.touched, batch.deducted)
         await self._store_statuses(conn, batch.published)
         await OUTBOX.add(conn, [m for messages in outgoing for m in messages])
 
@@ -233,7 +238,9 @@ class QuotaProjection:
         batch.recorded.append(event.recorded_at)
         outgoing = []
         for result in apply(state, event, self._card):
-            if result.event_type == "SeatStatusChanged":
+            if result.event_type == "CreditsDeducted":
+                batch.deducted.append((account_id, result.payload.request_id))
+            elif result.event_type == "SeatStatusChanged":
                 change = result.payload
                 pending = batch.published.get(change.seat_id)
                 last = pending[1] if pending else self._published.get(change.seat_id)
@@ -264,7 +271,11 @@ class QuotaProjection:
             self._group,
             partition,
         )
-        stored = {row["account_id"]: _state(row["state"]) for row in rows}
+        request_ids = await self._request_ids(conn, [row["account_id"] for row in rows])
+        stored = {
+            row["account_id"]: _state(row["state"], request_ids.get(row["account_id"], ()))
+            for row in rows
+        }
         statuses = await conn.fetch(
             "SELECT seat_id, status, reason FROM quota_seat_status "
             "WHERE consumer_group = $1 AND account_id = ANY($2::text[])",
@@ -281,7 +292,17 @@ class QuotaProjection:
             self._set_published(row["seat_id"], Published(row["status"], row["reason"]))
         log.info("partition reloaded", extra={"partition": partition, "accounts": len(stored)})
 
-    async def _store_accounts(self, conn: Connection, account_ids: Collection[str]) -> None:
+    async def _store_accounts(
+        self, conn: Connection, account_ids: Collection[str], deducted: list[tuple[str, str]]
+    ) -> None:
+        """Write the accounts' states, without their request ids: only the new ones are
+        added, to `quota_request_ids` (they only grow, and are most of a busy state)."""
+        if deducted:
+            await conn.copy_records_to_table(
+                "quota_request_ids",
+                records=[(self._group, a, r) for a, r in deducted],
+                columns=["consumer_group", "account_id", "request_id"],
+            )
         if not account_ids:
             return
         ordered = sorted(account_ids)
@@ -296,7 +317,7 @@ class QuotaProjection:
             self._group,
             ordered,
             [self._partition_of[a] for a in ordered],
-            [orjson.dumps(self.directory.accounts[a].to_dict()).decode() for a in ordered],
+            [_state_json(self.directory.accounts[a]) for a in ordered],
         )
 
     async def _store_statuses(
@@ -352,6 +373,26 @@ class QuotaProjection:
             self._lock.release()
         return batch
 
+    async def _request_ids(
+        self, conn: Connection, account_ids: list[str] | None
+    ) -> dict[str, list[str]]:
+        """The request ids deducted in each of `account_ids` (None: every account)."""
+        query = "SELECT account_id, request_id FROM quota_request_ids WHERE consumer_group = $1"
+        if account_ids is None:
+            rows = await conn.fetch(query, self._group)
+        else:
+            rows = await conn.fetch(
+                query + " AND account_id = ANY($2::text[])", self._group, account_ids
+            )
+        request_ids: dict[str, list[str]] = {}
+        for row in rows:
+            request_ids.setdefault(row["account_id"], []).append(row["request_id"])
+        return request_ids
 
-def _state(text: str) -> AccountState:
-    return AccountState.from_dict(orjson.loads(text))
+
+def _state(text: str, request_ids: Iterable[str]) -> AccountState:
+    return AccountState.from_dict(orjson.loads(text), request_ids)
+
+
+def _state_json(state: AccountState) -> str:
+    return orjson.dumps(state.to_dict(with_request_ids=False)).decode()

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from metering.core.fold import fold
 from metering.core.ratecard import load_rate_card
+from metering.core.state import AccountState
 from metering.settings import DEFAULT_RATE_CARD
 from metering.stack import Stack
 from schemas.envelope import parse_event
@@ -222,8 +223,17 @@ class LedgerSnapshot:
 
 
 async def snapshot(db: asyncpg.Connection) -> LedgerSnapshot:
+    """What the ledger stored; each account's state as it loads it again (the stored state
+    and the request ids of its deductions)."""
+    deducted: dict[str, list[str]] = {}
+    for r in await db.fetch(
+        "SELECT account_id, request_id FROM ledger_entries WHERE event_type = 'CreditsDeducted'"
+    ):
+        deducted.setdefault(r["account_id"], []).append(r["request_id"])
     states = {
-        r["account_id"]: orjson.loads(r["state"])
+        r["account_id"]: as_json(
+            AccountState.from_dict(orjson.loads(r["state"]), deducted.get(r["account_id"], ()))
+        )
         for r in await db.fetch("SELECT account_id, state::text AS state FROM ledger_accounts")
     }
     ids = {r["id"] for r in await db.fetch("SELECT event_id::text AS id FROM ledger_entries")}
@@ -239,6 +249,10 @@ async def snapshot(db: asyncpg.Connection) -> LedgerSnapshot:
     return LedgerSnapshot(states, ids, totals, archived)
 
 
+def as_json(state: AccountState) -> Any:
+    return orjson.loads(orjson.dumps(state.to_dict()))
+
+
 def expected(load: Load) -> LedgerSnapshot:
     """The pure core's ledger of the load (seat statuses are quota's, not the ledger's)."""
     states: dict[str, Any] = {}
@@ -248,7 +262,7 @@ def expected(load: Load) -> LedgerSnapshot:
     for account, events in load.facts().items():
         state, results = fold(events, CARD)
         archived += len(events)
-        states[account] = orjson.loads(orjson.dumps(state.to_dict()))
+        states[account] = as_json(state)
         deductions = [r.payload for r in results if r.event_type == "CreditsDeducted"]
         if deductions:
             totals[account] = (

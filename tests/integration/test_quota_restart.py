@@ -206,9 +206,16 @@ async def test_quota_restarted_mid_stream_comes_back_to_the_same_balances(
             row["account_id"]: orjson.loads(row["state"])
             for row in await db.fetch("SELECT account_id, state::text AS state FROM quota_accounts")
         }
+        stored_request_ids = {
+            (row["account_id"], row["request_id"])
+            for row in await db.fetch("SELECT account_id, request_id FROM quota_request_ids")
+        }
     finally:
         await db.close()
-    assert stored == {a: orjson.loads(orjson.dumps(s.to_dict())) for a, s in states.items()}
+    assert stored == {
+        a: orjson.loads(orjson.dumps(s.to_dict(with_request_ids=False))) for a, s in states.items()
+    }
+    assert stored_request_ids == {(a, r) for a, s in states.items() for r in s.request_ids}
 
     cache = SeatStatusCache(bootstrap, env.seat_status_topic)
     await cache.start()
