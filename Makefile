@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest deploy-tools schemas lock clean
+.PHONY: install run test bench lint typecheck pytest deploy-tools schemas lock clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ typecheck: install
 
 pytest: install deploy-tools
 	$(BIN)/pytest
+
+## make bench: throughput, freshness, authorize, fold and replay on this machine (< 10 min);
+## writes bench/results.json, bench/summary.md and bench/throughput_latency.png
+bench: install
+	$(BIN)/metering bench --out bench
 
 ## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests
 deploy-tools: install

@@ -19,6 +19,7 @@ import typer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from metering import dev
+from metering.bench.cli import bench_command
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
 from metering.db import migrate_url
@@ -42,6 +43,7 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="The contract's Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.command("bench")(bench_command)
 
 
 @app.command("dev")

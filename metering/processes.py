@@ -32,3 +32,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive loopback ports that are free right now."""
+    for _ in range(100):
+        base = free_port()
+        if base + count <= 65535 and all(_bindable(base + i) for i in range(1, count)):
+            return base
+    raise RuntimeError(f"found no {count} consecutive free loopback ports in 100 tries")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

@@ -6,14 +6,13 @@ run (external, container or embedded, in the stack starter's order), stopped at 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from metering.dev import SERVICES, run_services, wait_until_ready
-from metering.processes import free_port
+from metering.processes import free_port_run
 from metering.stack import Stack, start_stack
 
 
@@ -30,23 +29,6 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 ADMIN_TOKEN = "test-admin-token"
 SECRETS = {"METERING_ADMIN_TOKEN": ADMIN_TOKEN, "API_KEY_HASH_SECRET": "test-key-hash-secret"}
-
-
-def free_port_run(count: int) -> int:
-    """The first of `count` consecutive loopback ports that are free right now."""
-    while True:
-        base = free_port()
-        if base + count <= 65535 and all(_bindable(base + i) for i in range(1, count)):
-            return base
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @pytest.fixture(scope="session")

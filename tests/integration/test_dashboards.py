@@ -32,10 +32,10 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 from metering.dev import run_services, wait_until_ready
-from metering.processes import die_with_parent, free_port, stop_process
+from metering.processes import die_with_parent, free_port, free_port_run, stop_process
 from metering.stack import Stack, start_stack
 from metering.topics import USAGE_REPORTS
-from tests.conftest import ADMIN_TOKEN, SECRETS, free_port_run
+from tests.conftest import ADMIN_TOKEN, SECRETS
 from tests.deploy.test_rules import (
     DASHBOARDS,
     RULES,

@@ -13,10 +13,11 @@ import psutil
 import pytest
 
 from metering.dev import run_services, wait_until_ready
+from metering.processes import free_port_run
 from metering.stack import Stack, start_stack
 from metering.topics import EVENTS
 from schemas.envelope import parse_event
-from tests.conftest import ADMIN_TOKEN, SECRETS, free_port_run
+from tests.conftest import ADMIN_TOKEN, SECRETS
 from tests.integration.kafka_reading import read_until
 from tests.integration.test_ingest import usage
 

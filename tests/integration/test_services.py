@@ -14,8 +14,9 @@ import psutil
 import pytest
 
 from metering.dev import SERVICES, run_services, wait_until_ready
+from metering.processes import free_port_run
 from metering.stack import Stack
-from tests.conftest import SECRETS, free_port_run
+from tests.conftest import SECRETS
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,594 @@
+"""(b) End-to-end sustained usage events/s and (c) freshness, through the real services.
+
+(b) has three steps:
+
+1. *burst*: senders post batches to `POST /v1/usage/batch` as fast as ingest answers, for a
+   few seconds (or until a backlog limit): ingest's own accepted events/s;
+2. *catch-up*: no load while ledger and quota apply the backlog: each consumer's rate alone;
+3. *sustained*: senders post as fast as the whole system keeps up: a sender waits while the
+   work not yet through (events accepted but not yet applied by the slower of ledger and
+   quota, plus ledger results its outbox relay has not yet published) exceeds about two
+   seconds' worth, so ingest cannot run ahead and starve the rest of CPU. The end-to-end
+   figure is the rate at which events are applied by the slower of ledger and quota over
+   the step (less its warm-up).
+
+"Applied" is each consumer's `metering_messages_consumed_total{topic=<events topic>}`,
+counted after its batch's transaction committed, and the relay's backlog is
+`metering_ledger_outbox_backlog`: both polled from `/metrics` twice a second.
+
+(c) offers a fixed rate of background reports (open loop: batches leave on a schedule,
+however slowly they are answered) and, five times a second, sends a probe report on a seat
+of its own with `POST /v1/usage`; from the moment ingest answers (accepted = durable) it asks
+quota's `authorize` with that seat's key, every 5 to 20 ms, until the seat's remaining
+credits show the probe's cost. The freshness of a probe is that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+
+from metering.bench.authorize import RawConnection, post_request
+from metering.bench.load import Reports, Seat, batch_body, rfc3339
+from metering.bench.monitor import Latencies, Rate, Timeline, percentile, periodically, ticking
+
+BATCH = 500
+SENDERS = 4
+BACKLOG_SECONDS = 2.0
+"""In the sustained step, senders wait while the events accepted but not yet applied by the
+slower consumer exceed this many seconds of its catch-up rate (within the bounds below)."""
+BACKLOG_BOUNDS = (2_000, 40_000)
+PROBE_EVERY = 0.2
+PROBE_IN_FLIGHT = 2
+PROBE_POLL = (0.005, 0.02)
+"""Probes poll authorize every 5 ms at first, then every tenth of the time waited so far, at
+most every 20 ms: the reading is within 10% and the polls cost quota little."""
+PROBE_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Services:
+    ingest: str
+    ledger: str
+    quota: str
+    token: str
+    events_topic: str
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    """The value of the sample `name{labels}` in a Prometheus text page (None: absent)."""
+    wanted = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return float(line[len(wanted) :].split()[0])
+    return None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A Prometheus histogram read from a /metrics page: cumulative buckets, sum, count."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+    @classmethod
+    def read(cls, text: str, name: str) -> Histogram:
+        buckets = []
+        prefix = f"{name}_bucket{{"
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                labels, _, value = line[len(prefix) :].partition("} ")
+                le = labels.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float(le), float(value.split()[0])))
+        return cls(
+            tuple(sorted(buckets)),
+            metric(text, f"{name}_sum") or 0.0,
+            metric(text, f"{name}_count") or 0.0,
+        )
+
+    def since(self, before: Histogram) -> dict[str, float | None]:
+        """Mean, and p50/p99 as the upper bound of their bucket, of what was observed since
+        `before` (None when nothing was)."""
+        count = self.count - before.count
+        if count <= 0:
+            return {"mean": None, "p50_at_most": None, "p99_at_most": None, "count": 0}
+        earlier = dict(before.buckets)
+        deltas = [(le, n - earlier.get(le, 0.0)) for le, n in self.buckets]
+
+        def upper(q: float) -> float | None:
+            return next((le for le, n in deltas if n >= q * count), None)
+
+        return {
+            "mean": (self.sum - before.sum) / count,
+            "p50_at_most": upper(0.5),
+            "p99_at_most": upper(0.99),
+            "count": count,
+        }
+
+
+SERVER_HISTOGRAMS = {
+    "ingest": ("metering_ingest_broker_ack_seconds", "metering_ingest_batch_size"),
+    "ledger": ("metering_ledger_transaction_seconds", "metering_ledger_batch_size"),
+    "quota": (
+        "metering_quota_transaction_seconds",
+        "metering_quota_batch_size",
+        "metering_quota_projection_lag_seconds",
+    ),
+}
+
+
+class ServerSide:
+    """The services' own histograms over a phase: read before, compared after."""
+
+    def __init__(self, client: httpx.AsyncClient, services: Services) -> None:
+        self._client = client
+        self._urls = {"ingest": services.ingest, "ledger": services.ledger, "quota": services.quota}
+        self._before: dict[str, Histogram] = {}
+
+    async def _read(self) -> dict[str, Histogram]:
+        out = {}
+        for service, names in SERVER_HISTOGRAMS.items():
+            text = (await self._client.get(f"{self._urls[service]}/metrics")).text
+            for name in names:
+                out[name] = Histogram.read(text, name)
+        return out
+
+    async def start(self) -> None:
+        self._before = await self._read()
+
+    async def since_start(self) -> dict[str, dict[str, float | None]]:
+        after = await self._read()
+        return {
+            name.removeprefix("metering_"): h.since(self._before[name])
+            for name, h in after.items()
+            if name in self._before
+        }
+
+
+class Applied:
+    """How many events ledger and quota have applied, polled from their /metrics."""
+
+    def __init__(self, client: httpx.AsyncClient, services: Services, timeline: Timeline) -> None:
+        self._client = client
+        self._services = services
+        self.ledger = Rate(timeline, "ledger applied (events/s)")
+        self.quota = Rate(timeline, "quota applied (events/s)")
+        self.base: tuple[int, int] | None = None
+        self.ledger_outbox_backlog = 0.0
+
+    async def poll(self) -> None:
+        label = f'topic="{self._services.events_topic}"'
+        name = "metering_messages_consumed_total"
+        ledger, quota = await asyncio.gather(
+            self._client.get(f"{self._services.ledger}/metrics"),
+            self._client.get(f"{self._services.quota}/metrics"),
+        )
+        self.ledger.total = int(metric(ledger.text, name, label) or 0)
+        self.quota.total = int(metric(quota.text, name, label) or 0)
+        backlog = metric(ledger.text, "metering_ledger_outbox_backlog")
+        self.ledger_outbox_backlog = backlog or 0.0
+        if self.base is None:
+            self.base = (self.ledger.total, self.quota.total)
+
+    def backlog(self, published: int) -> int:
+        """Work not yet through: events published since the baseline that the slower
+        consumer has not applied, plus the ledger's results not yet published by its relay."""
+        assert self.base is not None
+        ledger = self.ledger.total - self.base[0]
+        quota = self.quota.total - self.base[1]
+        return published - min(ledger, quota) + int(self.ledger_outbox_backlog)
+
+    @contextlib.asynccontextmanager
+    async def polling(self, every: float = 0.5) -> AsyncIterator[None]:
+        """Poll now, then every `every` seconds while the block runs (a failed poll is
+        retried at the next)."""
+
+        async def poll_again() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.poll()
+
+        await self.poll()
+        async with periodically(poll_again, every):
+            yield
+
+    async def drained(
+        self, published: int, within: float = DRAIN_TIMEOUT
+    ) -> tuple[float, float, float]:
+        """Wait until both consumers applied everything published and the ledger's relay has
+        published their results; returns the seconds it took in all, and until ledger and
+        quota each applied everything."""
+        assert self.base is not None
+        started = time.perf_counter()
+        done: dict[str, float] = {}
+        while True:
+            await self.poll()
+            elapsed = time.perf_counter() - started
+            if self.ledger.total - self.base[0] >= published:
+                done.setdefault("ledger", elapsed)
+            if self.quota.total - self.base[1] >= published:
+                done.setdefault("quota", elapsed)
+            if len(done) == 2 and self.ledger_outbox_backlog <= 0:
+                return elapsed, done["ledger"], done["quota"]
+            if elapsed > within:
+                raise RuntimeError(
+                    f"ledger and quota did not catch up within {within:.0f} s: "
+                    f"{self.backlog(published)} events not applied"
+                )
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Ingestor:
+    """Posts batches of reports to ingest and counts what it answered."""
+
+    client: httpx.AsyncClient
+    reports: Reports
+    timeline: Timeline
+    published: int = 0
+    """Events appended to the log by this run (plan facts, accepted reports, probes)."""
+    statuses: Counter[str] = field(default_factory=Counter)
+    unavailable: int = 0
+
+    def __post_init__(self) -> None:
+        self.accepted = Rate(self.timeline, "ingest accepted (events/s)")
+        self.latency = Latencies(self.timeline, "ingest batch")
+
+    async def send_batch(self, size: int = BATCH) -> None:
+        reports, _ = self.reports.batch(size, rfc3339(datetime.now(UTC)))
+        body = batch_body(reports)
+        while True:
+            started = time.perf_counter()
+            answer = await self.client.post(
+                "/v1/usage/batch", content=body, headers={"content-type": "application/json"}
+            )
+            if answer.status_code != 503:
+                break
+            self.unavailable += 1
+            await asyncio.sleep(0.5)
+        if answer.status_code != 200:
+            raise RuntimeError(f"POST /v1/usage/batch: {answer.status_code} {answer.text[:500]}")
+        self.latency.add(time.perf_counter() - started)
+        counts = Counter(r["status"] for r in orjson.loads(answer.content)["results"])
+        self.statuses.update(counts)
+        self.accepted.add(counts["accepted"])
+        self.published += counts["accepted"]
+        self.reports.completed(reports)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Counts at the start and end of a measured window."""
+
+    seconds: float
+    accepted: int
+    ledger: int
+    quota: int
+
+    @property
+    def accepted_rate(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
+
+    @property
+    def ledger_rate(self) -> float:
+        return self.ledger / self.seconds if self.seconds else 0.0
+
+    @property
+    def quota_rate(self) -> float:
+        return self.quota / self.seconds if self.seconds else 0.0
+
+    @property
+    def end_to_end_rate(self) -> float:
+        return min(self.ledger_rate, self.quota_rate)
+
+
+class Mark:
+    def __init__(self, ingestor: Ingestor, applied: Applied) -> None:
+        self.ingestor = ingestor
+        self.applied = applied
+        self.at = time.perf_counter()
+        self.accepted = ingestor.accepted.total
+        self.ledger = applied.ledger.total
+        self.quota = applied.quota.total
+
+    def window(self) -> Window:
+        return Window(
+            time.perf_counter() - self.at,
+            self.ingestor.accepted.total - self.accepted,
+            self.applied.ledger.total - self.ledger,
+            self.applied.quota.total - self.quota,
+        )
+
+
+@dataclass
+class EndToEndResult:
+    burst: Window
+    catch_up_ledger_rate: float
+    catch_up_quota_rate: float
+    sustained: Window
+    max_backlog: int
+    server: dict[str, dict[str, float | None]]
+    """The services' own histograms over the sustained window."""
+    drain_seconds: float
+    statuses: dict[str, int]
+    ingest_unavailable: int
+    batch_p50_ms: float
+    batch_p99_ms: float
+    ledger_outbox_backlog: float
+
+
+async def end_to_end(
+    ingestor: Ingestor,
+    applied: Applied,
+    timeline: Timeline,
+    burst_seconds: float,
+    sustained_seconds: float,
+    burst_backlog: int,
+    server: ServerSide,
+    senders: int = SENDERS,
+    log: Callable[[str], object] = lambda _: None,
+) -> EndToEndResult:
+    async def closed_loop(until: float, backlog_limit: int, stop_at_limit: bool) -> None:
+        while time.perf_counter() < until:
+            if applied.backlog(ingestor.published) > backlog_limit:
+                if stop_at_limit:
+                    return
+                await asyncio.sleep(0.01)
+                continue
+            await ingestor.send_batch()
+
+    meters = (ingestor.accepted, ingestor.latency, applied.ledger, applied.quota)
+    async with ticking(timeline, *meters):
+        with timeline.phase("b burst"):
+            mark = Mark(ingestor, applied)
+            until = time.perf_counter() + burst_seconds
+            await asyncio.gather(*(closed_loop(until, burst_backlog, True) for _ in range(senders)))
+            burst = mark.window()
+        log(f"    burst: ingest accepted {burst.accepted_rate:,.0f} events/s; catching up")
+        with timeline.phase("b catch-up"):
+            mark = Mark(ingestor, applied)
+            _, ledger_seconds, quota_seconds = await applied.drained(ingestor.published)
+            caught = mark.window()
+        rates = [n / t for n, t in ((caught.ledger, ledger_seconds), (caught.quota, quota_seconds))]
+        slower = min((r for r in rates if r > 0), default=0.0)
+        max_backlog = int(min(max(slower * BACKLOG_SECONDS, BACKLOG_BOUNDS[0]), BACKLOG_BOUNDS[1]))
+        log(f"    sustained step (senders wait beyond {max_backlog:,} events not yet applied)")
+        with timeline.phase("b sustained"):
+            warm_up = min(5.0, sustained_seconds * 0.2)
+            until = time.perf_counter() + sustained_seconds
+            loops = [closed_loop(until, max_backlog, False) for _ in range(senders)]
+            running = asyncio.gather(*loops)
+            await asyncio.sleep(warm_up)
+            mark = Mark(ingestor, applied)
+            await server.start()
+            await running
+            sustained = mark.window()
+            server_side = await server.since_start()
+            outbox = applied.ledger_outbox_backlog
+        with timeline.phase("b drain"):
+            drain, _, _ = await applied.drained(ingestor.published)
+    return EndToEndResult(
+        burst=burst,
+        catch_up_ledger_rate=rates[0],
+        catch_up_quota_rate=rates[1],
+        sustained=sustained,
+        max_backlog=max_backlog,
+        server=server_side,
+        drain_seconds=drain,
+        statuses=dict(ingestor.statuses),
+        ingest_unavailable=ingestor.unavailable,
+        batch_p50_ms=1000 * percentile(ingestor.latency.samples, 50),
+        batch_p99_ms=1000 * percentile(ingestor.latency.samples, 99),
+        ledger_outbox_backlog=outbox,
+    )
+
+
+# -- (c) freshness -------------------------------------------------------------------------
+
+
+@dataclass
+class FreshnessResult:
+    offered_rate: float
+    """Reports per second the schedule offered."""
+    accepted_rate: float
+    applied: Window
+    probes: int
+    timeouts: int
+    errors: int
+    first_error: str | None
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    server: dict[str, dict[str, float | None]]
+    polls_per_second: float
+    """authorize calls of the probes: their load on quota."""
+    behind_schedule_seconds: float
+    """How far the background schedule fell behind at its worst (0: always on time)."""
+
+
+class Probe:
+    """One seat of its own: reports one usage and watches `authorize` until it counts."""
+
+    def __init__(self, seat: Seat, model: str, quota: str, ingestor: Ingestor) -> None:
+        self.seat = seat
+        self.model = model
+        self.ingestor = ingestor
+        self.remaining: Decimal | None = None
+        self.busy = False
+        self.polls = 0
+        self._count = 0
+        self._connection = RawConnection(quota)
+        self._authorize = post_request(
+            quota,
+            "/v1/authorize",
+            orjson.dumps({"model": model, "endpoint": "openai"}),
+            {"Authorization": f"Bearer {seat.api_key}"},
+        )
+
+    async def open(self) -> None:
+        await self._connection.open()
+        self.remaining = await self._remaining()
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def _remaining(self) -> Decimal:
+        status, body = await self._connection.request(self._authorize)
+        if status != 200:
+            raise RuntimeError(f"probe authorize: {status} {body[:300]!r}")
+        return Decimal(orjson.loads(body)["remaining"]["seat"])
+
+    async def run(self, latencies: Latencies) -> bool:
+        """One probe; returns False when its effect was not seen within the timeout."""
+        self.busy = True
+        try:
+            self._count += 1
+            report = {
+                "request_id": f"probe-{self.seat.seat_id}-{self._count}",
+                "account_id": self.seat.account_id,
+                "subscription_id": self.seat.subscription_id,
+                "seat_id": self.seat.seat_id,
+                "key_id": self.seat.key_id,
+                "model": self.model,
+                "occurred_at": rfc3339(datetime.now(UTC)),
+                "input_tokens": 5000,
+            }
+            while True:  # 503: nothing was confirmed; the contract says send it again
+                answer = await self.ingestor.client.post("/v1/usage", json=report)
+                accepted_at = time.perf_counter()
+                if answer.status_code != 503:
+                    break
+                self.ingestor.unavailable += 1
+                await asyncio.sleep(0.2)
+            if answer.status_code != 202:
+                raise RuntimeError(f"probe POST /v1/usage: {answer.status_code} {answer.text}")
+            self.ingestor.published += 1
+            before = self.remaining
+            while True:
+                now = await self._remaining()
+                seen_at = time.perf_counter()
+                if before is None or now < before:
+                    self.remaining = now
+                    latencies.add(seen_at - accepted_at)
+                    return True
+                waited = seen_at - accepted_at
+                if waited > PROBE_TIMEOUT:
+                    return False
+                self.polls += 1
+                await asyncio.sleep(min(PROBE_POLL[1], max(PROBE_POLL[0], waited / 10)))
+        finally:
+            self.busy = False
+
+
+async def freshness(
+    ingestor: Ingestor,
+    applied: Applied,
+    probes: list[Probe],
+    timeline: Timeline,
+    rate: float,
+    seconds: float,
+    server: ServerSide,
+    batch: int = 250,
+    max_in_flight: int = 16,
+) -> FreshnessResult:
+    latencies = Latencies(timeline, "freshness")
+    interval = batch / rate
+    gate = asyncio.Semaphore(max_in_flight)
+    tasks: set[asyncio.Task[Any]] = set()
+    behind = 0.0
+
+    async def send() -> None:
+        try:
+            await ingestor.send_batch(batch)
+        finally:
+            gate.release()
+
+    async def background(until: float) -> None:
+        nonlocal behind
+        started = time.perf_counter()
+        n = 0
+        while True:
+            due = started + n * interval
+            if due >= until:
+                return
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            behind = max(behind, time.perf_counter() - due)
+            await gate.acquire()
+            task = asyncio.create_task(send())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+
+    running: set[asyncio.Task[bool]] = set()
+    finished: list[bool | BaseException] = []
+
+    def probe_done(task: asyncio.Task[bool]) -> None:
+        running.discard(task)
+        if not task.cancelled():
+            finished.append(task.exception() or task.result())
+
+    async def probing(until: float) -> None:
+        turn = 0
+        while time.perf_counter() < until:
+            free = [p for p in probes if not p.busy]
+            if free and len(probes) - len(free) < PROBE_IN_FLIGHT:
+                probe = free[turn % len(free)]
+                turn += 1
+                probe.busy = True
+                task = asyncio.create_task(probe.run(latencies))
+                running.add(task)
+                task.add_done_callback(probe_done)
+            await asyncio.sleep(PROBE_EVERY)
+        await asyncio.gather(*running, return_exceptions=True)
+
+    for probe in probes:
+        await probe.open()
+    meters = (ingestor.accepted, ingestor.latency, applied.ledger, applied.quota, latencies)
+    try:
+        async with ticking(timeline, *meters):
+            with timeline.phase("c freshness"):
+                mark = Mark(ingestor, applied)
+                await server.start()
+                until = time.perf_counter() + seconds
+                await asyncio.gather(background(until), probing(until))
+                await asyncio.gather(*tasks)
+                window = mark.window()
+                server_side = await server.since_start()
+            with timeline.phase("c drain"):
+                await applied.drained(ingestor.published)
+    finally:
+        for task in (*tasks, *running):
+            task.cancel()
+        for probe in probes:
+            await probe.close()
+    samples = latencies.samples
+    timeouts = sum(1 for outcome in finished if outcome is False)
+    errors = [outcome for outcome in finished if isinstance(outcome, BaseException)]
+    return FreshnessResult(
+        offered_rate=rate,
+        accepted_rate=window.accepted_rate,
+        applied=window,
+        probes=len(finished),
+        timeouts=timeouts,
+        errors=len(errors),
+        first_error=repr(errors[0]) if errors else None,
+        p50_ms=1000 * percentile(samples, 50),
+        p99_ms=1000 * percentile(samples, 99),
+        max_ms=1000 * max(samples, default=0.0),
+        server=server_side,
+        polls_per_second=sum(p.polls for p in probes) / window.seconds if window.seconds else 0.0,
+        behind_schedule_seconds=behind,
+    )
