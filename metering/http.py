@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from metering.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from metering.metrics import HTTP_REQUEST_COUNT, HTTP_REQUEST_SECONDS
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 PROBLEM_JSON = "application/problem+json"
@@ -125,8 +125,8 @@ class RequestMetrics:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
             method = scope["method"]
-            HTTP_REQUESTS.labels(self.component, method, template, str(status)).inc()
-            HTTP_SECONDS.labels(self.component, method, template).observe(
+            HTTP_REQUEST_COUNT(self.component, method, template, status).inc()
+            HTTP_REQUEST_SECONDS(self.component, method, template).observe(
                 time.perf_counter() - started
             )
 

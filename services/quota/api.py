@@ -73,10 +73,10 @@ class Authorizer:
             retry_after = self._limiter.failed(_client_address(request), time.monotonic())
         metrics.AUTHORIZE_SECONDS.observe(time.perf_counter() - started)
         if retry_after is not None:
-            metrics.AUTHORIZE_DECISIONS.labels("rate_limited", "too_many_failed_keys").inc()
+            metrics.AUTHORIZE_DECISION("rate_limited", "too_many_failed_keys").inc()
             return _too_many_failures(retry_after)
         result = "allowed" if decision.status == 200 else "denied"
-        metrics.AUTHORIZE_DECISIONS.labels(result, decision.code).inc()
+        metrics.AUTHORIZE_DECISION(result, decision.code).inc()
         return _json(decision.status, decision.body)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from metering.metrics import child_of
 from metering.projection import consumer_metrics
 
 AUTHORIZE_DECISIONS = Counter(
@@ -11,6 +12,7 @@ AUTHORIZE_DECISIONS = Counter(
     "Answers of POST /v1/authorize, by result (allowed, denied, rate_limited) and code.",
     ["result", "code"],
 )
+AUTHORIZE_DECISION = child_of(AUTHORIZE_DECISIONS)
 AUTHORIZE_SECONDS = Histogram(
     "metering_quota_authorize_seconds",
     "Service time of an authorize decision (key hash, lookups and balance evaluation).",
