@@ -1,12 +1,13 @@
 """A transactional outbox: messages written with a projection, published afterwards.
 
 A consumer adds the messages its batch produced to an outbox table in the batch's own
-transaction, so they exist exactly when the batch's effects do. The relay then publishes
-unpublished rows in insertion order, with the broker's acknowledgement, and marks them
-published: at least once, never out of order (one relay at a time holds the table's lock).
+transaction, so they exist exactly when the batch's effects do. The relay then publishes the
+rows in insertion order, with the broker's acknowledgement, and deletes them: at least once,
+never out of order (one relay at a time holds the table's lock). The table holds only what
+is still to publish, so it stays small; what was published is in the topic (and, for the
+ledger, in `ledger_entries`).
 
-The table needs the columns `id` (identity, the order), `topic`, `key`, `value` (bytea),
-`published_at` (null until acknowledged).
+The table needs the columns `id` (identity, the order), `topic`, `key`, `value` (bytea).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Outbox:
 
 
 class OutboxRelay(BackgroundLoop):
-    """Publishes an outbox's rows in order and marks them published (a service `Worker`).
+    """Publishes an outbox's rows in order and deletes them (a service `Worker`).
 
     Polls every `idle_seconds`, or at once after `wake()`; backs off while the broker does
     not acknowledge. Replicas take turns through a transaction-scoped advisory lock.
@@ -76,12 +77,9 @@ class OutboxRelay(BackgroundLoop):
         self._backoff = Backoff(self.stopping)  # new rows do not cut a back-off short
         table = outbox.table
         self._lock_key = f"outbox:{table}"
-        self._select = (
-            f"SELECT id, topic, key, value FROM {table} "
-            "WHERE published_at IS NULL ORDER BY id LIMIT $1"
-        )
-        self._mark = f"UPDATE {table} SET published_at = now() WHERE id = ANY($1::bigint[])"
-        self._count = f"SELECT count(*) FROM {table} WHERE published_at IS NULL"
+        self._select = f"SELECT id, topic, key, value FROM {table} ORDER BY id LIMIT $1"
+        self._delete = f"DELETE FROM {table} WHERE id = ANY($1::bigint[])"
+        self._count = f"SELECT count(*) FROM {table}"
 
     def wake(self) -> None:
         """New rows were committed: publish them without waiting for the next poll."""
@@ -119,6 +117,6 @@ class OutboxRelay(BackgroundLoop):
                 await publish_all(
                     self._broker, [Outgoing(r["topic"], r["key"], r["value"]) for r in rows]
                 )
-                await conn.execute(self._mark, [r["id"] for r in rows])
+                await conn.execute(self._delete, [r["id"] for r in rows])
             self._backlog.set(await conn.fetchval(self._count))
             return len(rows)

@@ -1,7 +1,7 @@
 """Publishing envelopes with the broker's acknowledgement, or a clear failure.
 
 Used where "accepted" must mean "durable": ingest answers 2xx only after this returns, and
-the outboxes mark rows published only then. All sends of a call go out together and are
+the outboxes delete their rows only then. All sends of a call go out together and are
 awaited together, so a batch costs one round of acknowledgements, not one per message.
 """
 
