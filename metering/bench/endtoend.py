@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from metering.bench.authorize import RawConnection, post_request
 from metering.bench.load import Reports, Seat, batch_body, rfc3339
@@ -66,13 +68,35 @@ class Services:
     events_topic: str
 
 
-def metric(text: str, name: str, labels: str = "") -> float | None:
-    """The value of the sample `name{labels}` in a Prometheus text page (None: absent)."""
-    wanted = f"{name}{{{labels}}} " if labels else f"{name} "
-    for line in text.splitlines():
-        if line.startswith(wanted):
-            return float(line[len(wanted) :].split()[0])
-    return None
+class MetricsPage:
+    """A service's /metrics page, parsed by prometheus-client: samples by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        self._samples: dict[str, list[Sample]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self._samples.setdefault(sample.name, []).append(sample)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The first sample `name` with (at least) `labels` (None: absent)."""
+        for sample in self._samples.get(name, ()):
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+        return None
+
+    def histogram(self, name: str) -> Histogram:
+        buckets = [
+            (float(s.labels["le"]), s.value) for s in self._samples.get(f"{name}_bucket", ())
+        ]
+        return Histogram(
+            tuple(sorted(buckets)),
+            self.value(f"{name}_sum") or 0.0,
+            self.value(f"{name}_count") or 0.0,
+        )
+
+
+async def metrics_page(client: httpx.AsyncClient, url: str) -> MetricsPage:
+    return MetricsPage((await client.get(f"{url}/metrics")).text)
 
 
 @dataclass(frozen=True)
@@ -82,21 +106,6 @@ class Histogram:
     buckets: tuple[tuple[float, float], ...]
     sum: float
     count: float
-
-    @classmethod
-    def read(cls, text: str, name: str) -> Histogram:
-        buckets = []
-        prefix = f"{name}_bucket{{"
-        for line in text.splitlines():
-            if line.startswith(prefix):
-                labels, _, value = line[len(prefix) :].partition("} ")
-                le = labels.split('le="', 1)[1].split('"', 1)[0]
-                buckets.append((float(le), float(value.split()[0])))
-        return cls(
-            tuple(sorted(buckets)),
-            metric(text, f"{name}_sum") or 0.0,
-            metric(text, f"{name}_count") or 0.0,
-        )
 
     def since(self, before: Histogram) -> dict[str, float | None]:
         """Mean, and p50/p99 as the upper bound of their bucket, of what was observed since
@@ -140,9 +149,9 @@ class ServerSide:
     async def _read(self) -> dict[str, Histogram]:
         out = {}
         for service, names in SERVER_HISTOGRAMS.items():
-            text = (await self._client.get(f"{self._urls[service]}/metrics")).text
+            page = await metrics_page(self._client, self._urls[service])
             for name in names:
-                out[name] = Histogram.read(text, name)
+                out[name] = page.histogram(name)
         return out
 
     async def start(self) -> None:
@@ -169,16 +178,15 @@ class Applied:
         self.ledger_outbox_backlog = 0.0
 
     async def poll(self) -> None:
-        label = f'topic="{self._services.events_topic}"'
+        topic = self._services.events_topic
         name = "metering_messages_consumed_total"
         ledger, quota = await asyncio.gather(
-            self._client.get(f"{self._services.ledger}/metrics"),
-            self._client.get(f"{self._services.quota}/metrics"),
+            metrics_page(self._client, self._services.ledger),
+            metrics_page(self._client, self._services.quota),
         )
-        self.ledger.total = int(metric(ledger.text, name, label) or 0)
-        self.quota.total = int(metric(quota.text, name, label) or 0)
-        backlog = metric(ledger.text, "metering_ledger_outbox_backlog")
-        self.ledger_outbox_backlog = backlog or 0.0
+        self.ledger.total = int(ledger.value(name, topic=topic) or 0)
+        self.quota.total = int(quota.value(name, topic=topic) or 0)
+        self.ledger_outbox_backlog = ledger.value("metering_ledger_outbox_backlog") or 0.0
         if self.base is None:
             self.base = (self.ledger.total, self.quota.total)
 

@@ -46,7 +46,7 @@ from metering.bench.endtoend import (
     Services,
     end_to_end,
     freshness,
-    metric,
+    metrics_page,
 )
 from metering.bench.load import (
     Reports,
@@ -358,8 +358,8 @@ async def _outbox_settles(
     (d) does not share the CPU with it; returns how long it waited and what was left."""
     started = time.perf_counter()
     while True:
-        text = (await client.get(f"{ledger}/metrics")).text
-        backlog = metric(text, "metering_ledger_outbox_backlog") or 0.0
+        page = await metrics_page(client, ledger)
+        backlog = page.value("metering_ledger_outbox_backlog") or 0.0
         waited = time.perf_counter() - started
         if backlog <= 0 or waited > within:
             return {"seconds": round(waited, 1), "backlog_left": backlog}
@@ -367,10 +367,10 @@ async def _outbox_settles(
 
 
 async def _authorize_seconds(client: httpx.AsyncClient, quota: str) -> tuple[float, float]:
-    text = (await client.get(f"{quota}/metrics")).text
+    page = await metrics_page(client, quota)
     return (
-        metric(text, "metering_quota_authorize_seconds_sum") or 0.0,
-        metric(text, "metering_quota_authorize_seconds_count") or 0.0,
+        page.value("metering_quota_authorize_seconds_sum") or 0.0,
+        page.value("metering_quota_authorize_seconds_count") or 0.0,
     )
 
 
