@@ -27,9 +27,9 @@ from ledger.usage import (
 from metering.core.money import to_decimal_string as credits
 from metering.core.pricing import UnpriceableUsage, price
 from metering.core.ratecard import NoRateCardInForce, RateCard
-from metering.core.state import AccountState
 from metering.db import Connection
 from metering.http import problem
+from metering.snapshots import load_snapshot
 from metering.statement import (
     MonthOutsideSubscription,
     PackPaid,
@@ -165,9 +165,7 @@ def ledger_router(
             state_text = account_id and await conn.fetchval(
                 "SELECT state::text FROM ledger_accounts WHERE account_id = $1", account_id
             )
-            sub = state_text and AccountState.from_dict(orjson.loads(state_text)).subscriptions.get(
-                subscription_id
-            )
+            sub = state_text and load_snapshot(state_text).subscriptions.get(subscription_id)
             if not sub:
                 return _unknown_subscription(subscription_id)
             try:

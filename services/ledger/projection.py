@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
 from ledger import metrics
@@ -31,6 +30,7 @@ from metering.deadletters import dead_letter
 from metering.outbox import Outbox
 from metering.projection import Record
 from metering.publishing import Outgoing
+from metering.snapshots import load_snapshot, request_ids_by_account, snapshot_json
 from schemas.envelope import FactEvent, ResultEvent, parse_event
 
 log = logging.getLogger(__name__)
@@ -197,9 +197,7 @@ class LedgerProjection:
                 _Account(AccountState(), 0, partitions[account_id])
                 if row is None
                 else _Account(
-                    AccountState.from_dict(
-                        orjson.loads(row["state"]), request_ids.get(account_id, ())
-                    ),
+                    load_snapshot(row["state"], request_ids.get(account_id, ())),
                     row["version"],
                     partitions[account_id],
                 )
@@ -227,7 +225,7 @@ class LedgerProjection:
             SELECT count(*) FROM written
             """,
             touched,
-            [_state_json(self._accounts[a].state) for a in touched],
+            [snapshot_json(self._accounts[a].state) for a in touched],
             [self._accounts[a].version for a in touched],
         )
         if written != len(touched):
@@ -249,22 +247,16 @@ class LedgerProjection:
         return dead_letter(record, reason, datetime.now(UTC), self._topics.dlq)
 
 
-def _state_json(state: AccountState) -> str:
-    return orjson.dumps(state.to_dict(with_request_ids=False)).decode()
-
-
 async def _deducted_request_ids(conn: Connection, account_ids: list[str]) -> dict[str, list[str]]:
     """The request ids each account has had deducted: what its stored state leaves out."""
-    request_ids: dict[str, list[str]] = {a: [] for a in account_ids}
-    if account_ids:
-        rows = await conn.fetch(
-            "SELECT account_id, request_id FROM ledger_entries "
-            "WHERE account_id = ANY($1::text[]) AND event_type = 'CreditsDeducted'",
-            account_ids,
-        )
-        for row in rows:
-            request_ids[row["account_id"]].append(row["request_id"])
-    return request_ids
+    if not account_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT account_id, request_id FROM ledger_entries "
+        "WHERE account_id = ANY($1::text[]) AND event_type = 'CreditsDeducted'",
+        account_ids,
+    )
+    return request_ids_by_account(rows)
 
 
 async def _not_yet_archived(

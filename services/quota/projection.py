@@ -18,12 +18,11 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
-import orjson
 from pydantic import ValidationError
 
 from metering.core.fold import apply
@@ -34,6 +33,7 @@ from metering.db import Connection
 from metering.outbox import Outbox
 from metering.projection import Record
 from metering.publishing import Outgoing
+from metering.snapshots import load_snapshot, request_ids_by_account, snapshot_json
 from quota import metrics
 from quota.directory import Directory
 from quota.seat_status import Published, next_status_change, status_changes, timer_envelope
@@ -122,7 +122,7 @@ class QuotaProjection:
         self._in_step = {row["partition"]: row["next_offset"] for row in offsets}
         for row in accounts:
             account_id = row["account_id"]
-            state = _state(row["state"], request_ids.get(account_id, ()))
+            state = load_snapshot(row["state"], request_ids.get(account_id, ()))
             self._hold(account_id, row["partition"], state)
         for row in statuses:
             self._set_published(row["seat_id"], Published(row["status"], row["reason"]))
@@ -273,7 +273,7 @@ class QuotaProjection:
         )
         request_ids = await self._request_ids(conn, [row["account_id"] for row in rows])
         stored = {
-            row["account_id"]: _state(row["state"], request_ids.get(row["account_id"], ()))
+            row["account_id"]: load_snapshot(row["state"], request_ids.get(row["account_id"], ()))
             for row in rows
         }
         statuses = await conn.fetch(
@@ -317,7 +317,7 @@ class QuotaProjection:
             self._group,
             ordered,
             [self._partition_of[a] for a in ordered],
-            [_state_json(self.directory.accounts[a]) for a in ordered],
+            [snapshot_json(self.directory.accounts[a]) for a in ordered],
         )
 
     async def _store_statuses(
@@ -384,15 +384,4 @@ class QuotaProjection:
             rows = await conn.fetch(
                 query + " AND account_id = ANY($2::text[])", self._group, account_ids
             )
-        request_ids: dict[str, list[str]] = {}
-        for row in rows:
-            request_ids.setdefault(row["account_id"], []).append(row["request_id"])
-        return request_ids
-
-
-def _state(text: str, request_ids: Iterable[str]) -> AccountState:
-    return AccountState.from_dict(orjson.loads(text), request_ids)
-
-
-def _state_json(state: AccountState) -> str:
-    return orjson.dumps(state.to_dict(with_request_ids=False)).decode()
+        return request_ids_by_account(rows)
