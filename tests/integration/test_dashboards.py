@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import signal
 import subprocess
 import time
@@ -26,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
@@ -47,6 +45,7 @@ from tests.deploy.test_rules import (
     variable_queries,
 )
 from tests.integration.test_ingest import usage
+from tests.integration.test_ingest_resilience import embedded_broker_process
 from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
 
 pytestmark = pytest.mark.integration
@@ -121,15 +120,6 @@ def _host(url: str) -> str:
     return urlsplit(url).netloc
 
 
-def _broker_process(stack: Stack) -> psutil.Process:
-    """The embedded broker of `stack`, a child of this process."""
-    port = stack.kafka_bootstrap_servers.rsplit(":", 1)[1]
-    for child in psutil.Process(os.getpid()).children(recursive=True):
-        if f"127.0.0.1:{port}" in " ".join(child.cmdline()) and "broker" in child.cmdline():
-            return child
-    raise AssertionError("the embedded broker is not a child of this process")
-
-
 # -- the load --------------------------------------------------------------------------------
 
 
@@ -190,7 +180,7 @@ async def _produce_unparseable_report(stack: Stack, account: str) -> None:
 
 def refuse_with_503(replica: str, stack: Stack) -> None:
     """A usage report to an ingest replica whose broker is paused: 503 after 5 s."""
-    broker = _broker_process(stack)
+    broker = embedded_broker_process(stack)
     broker.send_signal(signal.SIGSTOP)
     try:
         report = usage(f"outage-{uuid.uuid4().hex[:8]}", "during")

@@ -32,7 +32,8 @@ def private_stack(tmp_path: Path) -> Iterator[Stack]:
         yield stack
 
 
-def _broker_process(stack: Stack) -> psutil.Process:
+def embedded_broker_process(stack: Stack) -> psutil.Process:
+    """The embedded broker of `stack`, a child of this process (to pause and resume it)."""
     port = stack.kafka_bootstrap_servers.rsplit(":", 1)[1]
     for child in psutil.Process(os.getpid()).children(recursive=True):
         if f"127.0.0.1:{port}" in " ".join(child.cmdline()) and "broker" in child.cmdline():
@@ -52,7 +53,7 @@ async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
         url = running[0].url
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as client:
             assert (await client.post("/v1/usage", json=before)).status_code == 202
-            broker = _broker_process(private_stack)
+            broker = embedded_broker_process(private_stack)
             broker.send_signal(signal.SIGSTOP)
             try:
                 refused = await client.post("/v1/usage", json=during)
