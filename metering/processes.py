@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import random
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 
 def die_with_parent() -> None:
@@ -35,12 +37,30 @@ def free_port() -> int:
 
 
 def free_port_run(count: int) -> int:
-    """The first of `count` consecutive loopback ports that are free right now."""
+    """The first of `count` consecutive loopback ports that are free right now.
+
+    They are taken below the kernel's ephemeral range: outgoing connections (to the broker,
+    to the database) get their local ports from that range, and one of them could take a
+    port of the run between now and when its service listens on it.
+    """
+    below = _ephemeral_ports_start()
     for _ in range(100):
-        base = free_port()
-        if base + count <= 65535 and all(_bindable(base + i) for i in range(1, count)):
+        base = random.randrange(_FIRST_PORT, below - count)
+        if all(_bindable(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"found no {count} consecutive free loopback ports in 100 tries")
+
+
+_FIRST_PORT = 10_000
+"""Above the ports well-known services use."""
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port of Linux's ephemeral range (32768 by default, and elsewhere)."""
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(_FIRST_PORT + 1_000, int(text.split()[0]))
+    return 32_768
 
 
 def _bindable(port: int) -> bool:
