@@ -47,10 +47,29 @@ class Readiness:
         return {n: r is True for n, r in zip(names, results, strict=True)}
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem+json answer."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+def problem(
+    status: int, title: str, detail: str, *, code: str | None = None, **extra: Any
+) -> JSONResponse:
+    """An RFC 9457 problem+json answer with a stable machine-readable ``code``.
+
+    Without an explicit ``code`` it is the title in snake case ("Invalid request" ->
+    ``invalid_request``): callers that branch on a problem should match ``code``, never text.
+    """
+    code = code or problem_code(title)
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def problem_code(title: str) -> str:
+    """The default ``code`` of a problem: its title in snake case."""
+    return "_".join("".join(c if c.isalnum() else " " for c in title.lower()).split())
 
 
 async def _validation_problem(_request: Request, error: Exception) -> Response:

@@ -66,6 +66,8 @@ class Problem(Contract):
     title: str
     status: int
     detail: str | None = None
+    code: str | None = None
+    """Stable and machine-readable (snake case): what a client branches on, never the text."""
     instance: str | None = None
     errors: list[FieldProblem] = Field(default_factory=list)
 

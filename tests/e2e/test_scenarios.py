@@ -353,6 +353,7 @@ async def test_an_account_holds_one_active_subscription(
         "detail": f"account '{team.account_id}' already has an active subscription "
         f"'{team.subscription_id}'; an account holds at most one active Token Plan Team "
         "Edition subscription",
+        "code": "account_already_subscribed",
     }
 
 
@@ -577,6 +578,7 @@ async def test_a_repeated_report_counts_once_and_a_conflicting_one_is_refused(
         "title": "Conflicting report",
         "status": 409,
         "detail": conflict,
+        "code": "conflicting_report",
     }
 
     other = team.report(seat, SEED_USAGE)
