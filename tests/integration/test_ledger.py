@@ -28,6 +28,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import fold
 from metering.core.ratecard import load_rate_card
 from metering.core.state import AccountState
@@ -225,11 +226,13 @@ class LedgerSnapshot:
 async def snapshot(db: asyncpg.Connection) -> LedgerSnapshot:
     """What the ledger stored; each account's state as it loads it again (the stored state
     and the request ids of its deductions)."""
-    deducted: dict[str, list[str]] = {}
+    deducted: dict[str, list[tuple[str, datetime]]] = {}
     for r in await db.fetch(
-        "SELECT account_id, request_id FROM ledger_entries WHERE event_type = 'CreditsDeducted'"
+        "SELECT account_id, request_id, occurred_at FROM ledger_entries "
+        "WHERE event_type = 'CreditsDeducted'"
     ):
-        deducted.setdefault(r["account_id"], []).append(r["request_id"])
+        remembered = (r["request_id"], r["occurred_at"] + REQUEST_ID_MEMORY)
+        deducted.setdefault(r["account_id"], []).append(remembered)
     states = {
         r["account_id"]: as_json(
             AccountState.from_dict(orjson.loads(r["state"]), deducted.get(r["account_id"], ()))
