@@ -68,7 +68,7 @@ def usage_problems(
         )
     t = min(report.occurred_at, now)
     if key is not None and t < key.issued_at:
-        t = key.issued_at  # the gateway's clock runs behind ours: the call came after the key
+        t = min(key.issued_at, now)  # the gateway's clock runs behind: the call came after it
     problems.extend(_pricing_problems(report, card, t))
     if problems:
         return problems

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from tests.e2e.conftest import (
+    ADMIN,
     SEED_USAGE,
     Json,
     Team,
@@ -34,7 +35,7 @@ def problem_code(answer: httpx.Response) -> str:
 
 async def seat_used(quota: httpx.AsyncClient, seat_id: str, used: str) -> Json:
     answer = await eventually(
-        lambda: quota.get(f"/v1/seats/{seat_id}"),
+        lambda: quota.get(f"/v1/seats/{seat_id}", headers=ADMIN),
         lambda a: a.status_code == 200 and a.json()["used"] == used,
     )
     assert answer.status_code == 200, answer.text
@@ -56,9 +57,7 @@ async def test_a_seat_added_before_a_scheduled_start_is_there_from_the_start(
     assert allowed["seat_id"] == team.seat.seat_id
     await team.use(team.seat, SEED_USAGE)
     await seat_used(quota, team.seat.seat_id, "3.18")
-    overview = await quota.get(
-        f"/v1/subscriptions/{team.subscription_id}/overview", headers=ingest.headers
-    )
+    overview = await quota.get(f"/v1/subscriptions/{team.subscription_id}/overview", headers=ADMIN)
     assert [s["seat_id"] for s in overview.json()["seats"]] == [team.seat.seat_id]
 
 
@@ -159,12 +158,14 @@ async def test_a_cancellation_ahead_is_scheduled_and_spares_the_packs(
         json={"at": rfc3339(now() - timedelta(days=1))},
     )
     assert past.status_code in (409, 422)
-    await team.use(team.seat, {"input_tokens": 130_000_000})  # 26,000: seat, then the pack
-    [row] = await usage_rows(ledger, team, 1)
-    assert row["shortfall"] == "0"
+    reports = [team.report(team.seat, {"output_tokens": 1_000_000}) for _ in range(21)]
+    batch = await ingest.post("/v1/usage/batch", json={"reports": reports})  # 25,200 credits
+    assert [r["status"] for r in batch.json()["results"]] == ["accepted"] * 21, batch.text
+    rows = await usage_rows(ledger, team, 21)
+    assert {row["shortfall"] for row in rows} == {"0"}
     seat = await seat_used(quota, team.seat.seat_id, "25000")
     assert seat["status"] == "active"
-    assert seat["shared_remaining"] == "624000"
+    assert seat["shared_remaining"] == "624800"
 
 
 async def test_concurrent_repeats_of_one_request_answer_one_202(

@@ -25,13 +25,18 @@ pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+KEYS: dict[str, str] = {}
+"""Account id -> the key id of its one seat (made by `team`)."""
+
+
 def usage(account: str, request_id: str, **changes: Any) -> dict[str, Any]:
+    """A report for `account`'s seat (see `team`; an account never made has an unknown key)."""
     report = {
         "request_id": request_id,
         "account_id": account,
         "subscription_id": f"sub-{account}",
         "seat_id": f"seat-{account}",
-        "key_id": f"key-{account}",
+        "key_id": KEYS.get(account, f"key-{account}"),
         "model": "qwen3.6-plus",
         "occurred_at": datetime.now(UTC).isoformat(),
         "input_tokens": 8349,
@@ -39,6 +44,40 @@ def usage(account: str, request_id: str, **changes: Any) -> dict[str, Any]:
         "output_tokens": 573,
     }
     return {**report, **changes}
+
+
+def team(ingest: httpx.Client, prefix: str = "acct") -> str:
+    """A new account with a subscription started a day ago, one seat and its key."""
+    account = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    for path, body in _team_commands(account):
+        answer = ingest.post(path, json=body)
+        assert answer.status_code == 201, answer.text
+        if path.endswith("/keys"):
+            KEYS[account] = answer.json()["key_id"]
+    return account
+
+
+async def async_team(ingest: httpx.AsyncClient, prefix: str) -> str:
+    account = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    for path, body in _team_commands(account):
+        answer = await ingest.post(path, json=body)
+        assert answer.status_code == 201, answer.text
+        if path.endswith("/keys"):
+            KEYS[account] = answer.json()["key_id"]
+    return account
+
+
+def _team_commands(account: str) -> list[tuple[str, dict[str, Any] | None]]:
+    started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    sub = f"/v1/subscriptions/sub-{account}"
+    return [
+        (
+            "/v1/subscriptions",
+            {"account_id": account, "subscription_id": f"sub-{account}", "started_at": started},
+        ),
+        (f"{sub}/seats", {"seat_id": f"seat-{account}", "tier": "premium", "member": "ana"}),
+        (f"{sub}/seats/seat-{account}/keys", None),
+    ]
 
 
 @pytest.fixture
@@ -112,7 +151,7 @@ def test_write_calls_need_the_token_and_never_say_which_part_was_wrong(
 
 
 def test_usage_is_accepted_once_and_conflicts_are_named(ingest: httpx.Client) -> None:
-    report = usage(f"acct-{uuid.uuid4().hex[:8]}", "req-1")
+    report = usage(team(ingest), "req-1")
     first = ingest.post("/v1/usage", json=report)
     assert first.status_code == 202
     assert first.json()["duplicate"] is False
@@ -144,7 +183,7 @@ def test_bad_usage_is_refused_naming_every_field(
 
 
 def test_batch_answers_each_report_in_order(ingest: httpx.Client) -> None:
-    account = f"acct-{uuid.uuid4().hex[:8]}"
+    account = team(ingest)
     seen, new = usage(account, "seen"), usage(account, "new")
     ingest.post("/v1/usage", json=seen)
     reports = [new, {"nonsense": 1}, seen, {**seen, "output_tokens": 7}, new]
@@ -161,7 +200,8 @@ async def test_ten_thousand_reports_land_exactly_once(
 ) -> None:
     """Posted in batches, some twice, some conflicting: each distinct report is on the log once."""
     run = uuid.uuid4().hex[:8]
-    accounts = [f"load-{run}-{n}" for n in range(20)]
+    async with httpx.AsyncClient(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest:
+        accounts = [await async_team(ingest, f"load-{run}") for _ in range(20)]
     reports = [usage(accounts[i % 20], f"r-{i}", input_tokens=i) for i in range(10_000)]
     rng = random.Random(7)
     resent = rng.sample(reports, 500)
@@ -181,7 +221,9 @@ async def test_ten_thousand_reports_land_exactly_once(
     records = await read_until(
         stack.kafka_bootstrap_servers,
         EVENTS,
-        wanted=lambda r: (r.key or b"").decode().startswith(f"load-{run}-"),
+        wanted=lambda r: (
+            (r.key or b"").decode() in accounts and b"UsageRecorded" in (r.value or b"")
+        ),
         done=lambda found: len(found) >= 10_000,
     )
     events = [parse_event(r.value or b"") for r in records]
@@ -194,7 +236,8 @@ async def test_ten_thousand_reports_land_exactly_once(
 async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
     stack: Stack, services: dict[str, str]
 ) -> None:
-    account = f"raw-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest:
+        account = await async_team(ingest, "raw")
     good = usage(account, "raw-1")
     messages = [
         orjson.dumps(good),
@@ -213,7 +256,7 @@ async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
     accepted = await read_until(
         stack.kafka_bootstrap_servers,
         EVENTS,
-        wanted=lambda r: r.key == account.encode(),
+        wanted=lambda r: r.key == account.encode() and b"UsageRecorded" in (r.value or b""),
         done=lambda found: len(found) >= 1,
     )
     assert [parse_event(r.value or b"").payload.request_id for r in accepted] == ["raw-1"]  # type: ignore[union-attr]
@@ -234,7 +277,7 @@ async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
 
 
 def test_metrics_count_results_and_reasons(ingest: httpx.Client) -> None:
-    account = f"acct-{uuid.uuid4().hex[:8]}"
+    account = team(ingest)
     ingest.post("/v1/usage", json=usage(account, "m-1"))
     ingest.post("/v1/usage", json=usage(account, "m-2", model="gpt-9"))
     ingest.post("/v1/usage", json=usage(account, "m-3", input_tokens=-5))
