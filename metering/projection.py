@@ -262,7 +262,10 @@ class ProjectionConsumer(BackgroundLoop):
             except Exception:
                 log.exception("consumer loop failed; retrying")
                 failed = True
-            self._report_lag(consumer)
+            try:  # after failures too: they are what makes a partition stuck
+                self._report_lag(consumer)
+            except Exception:
+                log.exception("could not report the consumer's lag")
             if failed:
                 await self._backoff.pause()
             else:
