@@ -49,7 +49,11 @@ class Settings(BaseSettings):
         300, ge=0, description="refuse usage whose occurred_at is further in the future"
     )
     usage_max_lateness_seconds: int = Field(
-        72 * 3600, ge=0, description="refuse usage whose occurred_at is older than this"
+        72 * 3600,
+        ge=0,
+        le=72 * 3600,
+        description="refuse usage whose occurred_at is older than this (at most 72 h: the "
+        "ledger makes a pack's forfeiture final 72 h after its expiry)",
     )
     events_partitions: int = Field(6, ge=1, description="partitions of metering.events.v1")
     topic_replication_factor: int = Field(1, ge=1, description="replication of created topics")

@@ -9,6 +9,8 @@ hands them back when it loads the state.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -20,15 +22,18 @@ def snapshot_json(state: AccountState) -> str:
     return orjson.dumps(state.to_dict(with_request_ids=False)).decode()
 
 
-def load_snapshot(text: str, request_ids: Iterable[str] = ()) -> AccountState:
-    """The state stored as `text` (by `snapshot_json`, or earlier with its ids inside), with
-    the request ids kept apart."""
+def load_snapshot(text: str, request_ids: Iterable[tuple[str, datetime]] = ()) -> AccountState:
+    """The state stored as `text` (by `snapshot_json`), with the request ids kept apart and
+    the instant until which each is remembered."""
     return AccountState.from_dict(orjson.loads(text), request_ids)
 
 
-def request_ids_by_account(rows: Iterable[Iterable[str]]) -> dict[str, list[str]]:
-    """Rows of (account id, request id), grouped by account."""
-    request_ids: dict[str, list[str]] = {}
-    for account_id, request_id in rows:
-        request_ids.setdefault(account_id, []).append(request_id)
+RememberedIds = dict[str, list[tuple[str, datetime]]]
+
+
+def request_ids_by_account(rows: Iterable[Any]) -> RememberedIds:
+    """Rows of (account id, request id, remembered until), grouped by account."""
+    request_ids: RememberedIds = {}
+    for account_id, request_id, until in rows:
+        request_ids.setdefault(account_id, []).append((request_id, until))
     return request_ids

@@ -57,6 +57,8 @@ class FieldProblem(Contract):
     field: str
     """Dotted path of the bad field, e.g. ``reports.3.input_tokens``."""
     message: str
+    code: str | None = None
+    """Stable and machine-readable: why the field is refused."""
 
 
 class Problem(Contract):

@@ -1,9 +1,10 @@
 """Building blocks shared by every document of the public contract."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -38,9 +39,32 @@ def _rfc3339_text(value: object) -> object:
     raise ValueError("must be an RFC 3339 timestamp with a zone, e.g. 2026-05-01T12:00:00Z")
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), Field(strict=False)]
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+"""Times a client sends lie in [EARLIEST, LATEST): anything else is a typo or an attack."""
+
+
+def _sane_time(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must lie between 2000-01-01 and 2099-12-31 (UTC)")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(_sane_time),
+    Field(strict=False),
+]
 """A zoned timestamp in an HTTP body: RFC 3339 text (JSON has no datetime type to be strict
-about), parsed even though the body's other fields are strict; naive times are refused."""
+about), parsed even though the body's other fields are strict; naive times and times
+outside sane years are refused."""
+
+MAX_QUANTITY = 1_000_000_000
+"""The most tokens, images or calls of one kind a report may carry; the rate card's context
+window bounds tokens further."""
+Quantity = Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
+ReportedToolCalls = Annotated[dict[Identifier, Quantity], Field(max_length=100)]
 
 
 class Contract(BaseModel):
@@ -71,12 +95,12 @@ _set_slot = object.__setattr__
 class UsageCounts(Contract):
     """What a model call used: the quantities pricing reads (design.md §3)."""
 
-    input_tokens: Count = 0
-    cached_tokens: Count = 0
-    output_tokens: Count = 0
+    input_tokens: Quantity = 0
+    cached_tokens: Quantity = 0
+    output_tokens: Quantity = 0
     thinking: bool = False
-    tool_calls: ToolCalls = Field(default_factory=dict)
-    images: Count = 0
+    tool_calls: ReportedToolCalls = Field(default_factory=dict)
+    images: Quantity = 0
 
 
 class SubscriptionTerm(Contract):

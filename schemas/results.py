@@ -44,6 +44,7 @@ RejectionReason = Literal[
     "unknown_model",
     "no_rate_card_in_force",
     "unpriceable_usage",
+    "apply_failed",
 ]
 
 

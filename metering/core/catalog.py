@@ -1,5 +1,6 @@
 """What can be bought: seat tiers and the shared quota pack (design.md §2)."""
 
+from datetime import timedelta
 from typing import Final
 
 from metering.core.money import MICRO
@@ -21,3 +22,18 @@ PACK_VALIDITY_MONTHS: Final = 1
 
 def is_upgrade(current: Tier, new: Tier) -> bool:
     return TIER_RANK[new] > TIER_RANK[current]
+
+
+USAGE_LATENESS_LIMIT: Final = timedelta(hours=72)
+"""The latest a usage may be reported after it happened (ingest's
+``USAGE_MAX_LATENESS_SECONDS`` may be set lower, never higher). A pack's unused credits are
+forfeited for good only once this much time has passed its expiry: until then a late
+report of a call made while the pack was valid still draws on it."""
+
+REQUEST_ID_MEMORY: Final = USAGE_LATENESS_LIMIT + timedelta(hours=1)
+"""How long after a usage's time its request id is remembered to refuse a second charge:
+as long as a report of it can still be accepted, plus a margin for clock skew."""
+
+MAX_PRICE_MICRO: Final = 10**15
+"""The most one request may cost (a billion credits): anything dearer is a hostile or broken
+report, refused rather than stored (it would overflow the ledger's 64-bit sums)."""

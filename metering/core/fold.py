@@ -1,12 +1,19 @@
 """The fold: one account's facts in, deductions, expiries, rejections and seat statuses out.
 
 ``apply(state, event, card)`` is deterministic: no I/O, no clock reads, no randomness. Time
-comes in as data: the usage's ``occurred_at`` selects its seat month and packs, and the
-account's clock (the latest ``occurred_at`` or ``recorded_at`` seen: a late report still
-proves that its recording time has come) is "now" for statuses and expiries, which are
-noticed lazily at the first fact after they fall due. A well-formed fact that does not
-fit the state becomes a ``FactRejected`` result and changes nothing; ``apply`` never raises
-for a valid envelope.
+comes in as data (design.md §4a):
+- the account's clock, its "now", is the latest ``recorded_at`` seen: the server's clock
+  when ingest accepted a fact. A time a client sent never moves it;
+- a usage is charged as of ``t = min(occurred_at, recorded_at)`` (a gateway whose clock runs
+  ahead is clamped to the recording time), and no earlier than its key's issue (a gateway
+  whose clock runs behind, within the skew ingest allows): the seat month containing ``t``,
+  then the packs valid at ``t``;
+- scheduled plan facts (a later start, cancellation or expiry) take effect when the clock
+  reaches them; statuses and pack forfeitures are noticed lazily at the first fact after
+  they fall due (quota's timer publishes statuses between facts).
+A well-formed fact that does not fit the state becomes a ``FactRejected`` result. ``apply``
+never raises: a fact that fails in any other way (a bug, an absurd value) is rejected with
+reason ``apply_failed`` and the account goes on (the guard; ingest refuses such facts first).
 """
 
 import hashlib
@@ -15,8 +22,16 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from metering.core import seat_status
 from metering.core.calendar import add_months
-from metering.core.catalog import PACK_CREDITS_MICRO, PACK_VALIDITY_MONTHS, is_upgrade
+from metering.core.catalog import (
+    MAX_PRICE_MICRO,
+    PACK_CREDITS_MICRO,
+    PACK_VALIDITY_MONTHS,
+    REQUEST_ID_MEMORY,
+    USAGE_LATENESS_LIMIT,
+    is_upgrade,
+)
 from metering.core.pricing import UnpriceableUsage, price
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.core.state import AccountState, ApiKey, Pack, Seat, Subscription
@@ -46,7 +61,7 @@ from schemas.results import (
     PackExpired,
     ReceiptLine,
     RejectionReason,
-    SeatStatusChanged,
+    SeatStatus,
     SeatStatusReason,
 )
 
@@ -68,29 +83,55 @@ def apply(state: AccountState, event: FactEvent, card: RateCard) -> list[ResultE
     """Apply one fact of the account to ``state`` in place and return its results, in order.
 
     ``apply`` owns ``state``: it mutates it and keeps no reference to the results. Take a
-    ``state.snapshot()`` first if the caller may need to roll back.
+    ``state.snapshot()`` first if the caller may need to roll back. It never raises: see
+    ``_guarded``.
     """
     out = _Results(event)
-    t = event.occurred_at
-    if t.tzinfo is not UTC:  # the state keeps UTC times: comparing like with like is 10x faster
-        t = t.astimezone(UTC)
-    recorded = event.recorded_at
-    if recorded.tzinfo is not UTC:
-        recorded = recorded.astimezone(UTC)
-    known = recorded if recorded > t else t  # a late fact still proves its recording time came
-    if state.clock is None or known > state.clock:
-        state.clock = known
-    if state.next_review is not None and state.clock >= state.next_review:
-        _review(state, out, None)
-    payload = event.payload
     try:
-        if isinstance(payload, UsageRecorded):
-            _record_usage(state, t, payload, card, out)
-        else:
-            _review(state, out, _apply_plan_fact(state, t, payload))
+        _apply(state, event, card, out)
     except _Rejected as rejection:
         out.rejected(rejection)
+    except Exception as error:
+        _guarded(out, error)
     return out.results
+
+
+def _guarded(out: "_Results", error: Exception) -> None:
+    """The fact failed in a way no rule foresaw: it becomes a rejection with its reason.
+
+    What time had already brought (the review before the fact) stands; what the fact itself
+    produced is dropped. The rules check before they change, so such a failure leaves the
+    account as it was; and being a pure function of the same state and fact, it fails the
+    same way in the ledger, in quota and in a replay.
+    """
+    del out.results[out.fact_started :]
+    detail = f"{type(error).__name__}: {error}"
+    out.rejected(_Rejected("apply_failed", detail[:500]))
+
+
+def _apply(state: AccountState, event: FactEvent, card: RateCard, out: "_Results") -> None:
+    recorded = event.recorded_at
+    if (
+        recorded.tzinfo is not UTC
+    ):  # the state keeps UTC times: comparing like with like is 10x faster
+        recorded = recorded.astimezone(UTC)
+    if state.clock is None or recorded > state.clock:
+        state.clock = recorded
+        if state.forgetting and state.forgetting[0][0] <= recorded:
+            state.forget_requests()
+    if state.next_review is not None and state.clock >= state.next_review:
+        _review(state, out, None)
+    out.fact_started = len(out.results)
+    t = event.occurred_at
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)
+    if recorded < t:  # the sender's clock ran ahead: nothing can happen after it is recorded
+        t = recorded
+    payload = event.payload
+    if isinstance(payload, UsageRecorded):
+        _record_usage(state, t, payload, card, out)
+    else:
+        _review(state, out, _apply_plan_fact(state, t, recorded, payload))
 
 
 def fold(
@@ -118,11 +159,13 @@ _UUID_VARIANT = {f"{n:x}": f"{8 | (n & 3):x}" for n in range(16)}
 class _Results:
     """The results of one fact, enveloped with derived ids and the fact's recorded_at."""
 
-    __slots__ = ("event", "results")
+    __slots__ = ("event", "fact_started", "results")
 
     def __init__(self, event: FactEvent) -> None:
         self.event = event
         self.results: list[ResultEvent] = []
+        self.fact_started = 0
+        """How many results time had brought before the fact itself was applied."""
 
     def emit(self, envelope: Any, payload: Contract, occurred_at: datetime) -> None:
         """Append ``envelope`` (one of the result envelope classes) around ``payload``."""
@@ -156,7 +199,7 @@ def _record_usage(
     state: AccountState, t: datetime, usage: UsageRecorded, card: RateCard, out: _Results
 ) -> None:
     """Price the usage and draw it from the seat month of ``t``, then packs valid at ``t``."""
-    sub, seat = _checked_usage(state, t, usage)
+    sub, seat, t = _checked_usage(state, t, usage)
     try:
         model = card.in_force(t).models.get(usage.model)
         if model is None:
@@ -166,9 +209,14 @@ def _record_usage(
         raise _Rejected("no_rate_card_in_force", str(error)) from None
     except UnpriceableUsage as error:
         raise _Rejected("unpriceable_usage", str(error)) from None
-
-    state.request_ids.add(usage.request_id)
+    if quote.total_micro > MAX_PRICE_MICRO:
+        raise _Rejected("unpriceable_usage", "the usage would cost more than any request may")
+    remember_until = t + REQUEST_ID_MEMORY
     month, start, end = sub.month_at(t)
+    tier = seat.tier_in(month)
+
+    # Every check is done: from here on the fact changes the state.
+    state.remember_request(usage.request_id, remember_until)
     receipt: list[ReceiptLine] = []
     due = quote.total_micro
     seat_left = seat.remaining_in(month)
@@ -188,7 +236,7 @@ def _record_usage(
         seat_id=seat.seat_id,
         key_id=usage.key_id,
         model=usage.model,
-        tier=seat.tier_in(month),
+        tier=tier,
         price_micro=quote.total_micro,
         components=quote.components,
         rate_card_version=quote.rate_card_version,
@@ -214,7 +262,7 @@ def _record_usage(
     clock = state.clock
     assert clock is not None
     plainly_active = seat.status == "active" and seat_left and start <= clock < end
-    changed = not plainly_active and _publish_status(state, sub, seat, out, None)
+    changed = not plainly_active and _publish_statuses(state, out, None, [(sub, seat)])
     if changed or drained_pack:  # a newly suspended seat needs a reset review; others may be out
         _review(state, out, None)
 
@@ -222,8 +270,9 @@ def _record_usage(
 def _draw_from_packs(
     sub: Subscription, t: datetime, due: int, receipt: list[ReceiptLine]
 ) -> tuple[int, int, bool]:
-    """Draw ``due`` from the packs valid at ``t`` in order; return what is still due, what
-    the valid packs have left, and whether one of them was drained by this draw."""
+    """Draw ``due`` from the packs valid at ``t`` in deduction order (``Pack.order``, in which
+    ``sub.packs`` is kept); return what is still due, what the valid packs have left, and
+    whether one of them was drained by this draw."""
     shared_left = 0
     drained = False
     for pack in sub.packs:
@@ -243,8 +292,9 @@ def _draw_from_packs(
 
 def _checked_usage(
     state: AccountState, t: datetime, usage: UsageRecorded
-) -> tuple[Subscription, Seat]:
-    if usage.request_id in state.request_ids:
+) -> tuple[Subscription, Seat, datetime]:
+    """The usage's subscription, seat and charging time, or why it cannot be charged."""
+    if usage.request_id in state.request_ids:  # remembered while a duplicate may arrive
         raise _Rejected(
             "duplicate_request_id", f"request '{usage.request_id}' was already deducted"
         )
@@ -257,6 +307,8 @@ def _checked_usage(
         raise _Rejected(
             "key_not_for_seat", f"API key '{key.key_id}' belongs to seat '{key.seat_id}'"
         )
+    if t < key.issued_at:  # the gateway's clock runs behind ours (ingest bounds by how much)
+        t = key.issued_at
     if key.revoked_at is not None and key.revoked_at <= t:
         raise _Rejected(
             "key_revoked", f"API key '{key.key_id}' was revoked at {key.revoked_at.isoformat()}"
@@ -264,14 +316,19 @@ def _checked_usage(
     _require_active(sub, t)
     if not seat.active_at(t):
         raise _Rejected("seat_inactive", f"seat '{seat.seat_id}' is not active at {t.isoformat()}")
-    return sub, seat
+    return sub, seat, t
 
 
 # -- plan facts --------------------------------------------------------------------------
 
 
-def _apply_plan_fact(state: AccountState, t: datetime, fact: object) -> _Resume | None:
-    """Change the state for one plan fact (validated first, so a rejection changes nothing)."""
+def _apply_plan_fact(
+    state: AccountState, t: datetime, recorded: datetime, fact: object
+) -> _Resume | None:
+    """Change the state for one plan fact (validated first, so a rejection changes nothing).
+
+    ``t`` is when the fact happened (never after ``recorded``, when it was recorded).
+    """
     match fact:
         case SubscriptionActivated():
             _activate(state, fact)
@@ -284,9 +341,10 @@ def _apply_plan_fact(state: AccountState, t: datetime, fact: object) -> _Resume 
         case SeatRemoved():
             sub = _subscription(state, fact.subscription_id)
             seat = _seat(sub, fact.seat_id)
-            if not seat.active_at(t):
+            at = _seat_time(sub, t)
+            if not seat.active_at(at):
                 raise _Rejected("seat_inactive", f"seat '{seat.seat_id}' was already removed")
-            seat.removed_at = t
+            seat.removed_at = at
         case ApiKeyIssued():
             _issue_key(state, t, fact)
         case ApiKeyRevoked():
@@ -297,26 +355,27 @@ def _apply_plan_fact(state: AccountState, t: datetime, fact: object) -> _Resume 
                 raise _Rejected("key_revoked", f"API key '{fact.key_id}' was already revoked")
             key.revoked_at = t
         case SharedPackPurchased():
-            _buy_pack(state, fact)
+            _buy_pack(state, fact, recorded)
             return "pack_purchased", None
     return None
 
 
 def _activate(state: AccountState, fact: SubscriptionActivated) -> None:
+    """A subscription, possibly scheduled to start later; renewals may follow an end."""
     if fact.subscription_id in state.subscriptions:
         raise _Rejected(
             "duplicate_subscription", f"subscription '{fact.subscription_id}' already exists"
         )
+    started_at = fact.started_at.astimezone(UTC)
+    expires_at = None if fact.expires_at is None else fact.expires_at.astimezone(UTC)
     for other in state.subscriptions.values():
-        if _overlap(other.started_at, other.ends_at, fact.started_at, fact.expires_at):
+        if _overlap(other.started_at, other.ends_at, started_at, expires_at):
             raise _Rejected(
                 "account_has_active_subscription",
                 f"the account already has subscription '{other.subscription_id}' active then",
             )
     state.subscriptions[fact.subscription_id] = Subscription(
-        subscription_id=fact.subscription_id,
-        started_at=fact.started_at.astimezone(UTC),
-        expires_at=None if fact.expires_at is None else fact.expires_at.astimezone(UTC),
+        subscription_id=fact.subscription_id, started_at=started_at, expires_at=expires_at
     )
 
 
@@ -330,35 +389,47 @@ def _overlap(
 
 
 def _cancel(state: AccountState, fact: SubscriptionCancelled) -> None:
+    """A cancellation at its ``at``: now, or scheduled (it takes effect when the clock
+    reaches it). ingest refuses one dated in the past."""
     sub = _subscription(state, fact.subscription_id)
     if sub.cancelled_at is not None:
         raise _Rejected(
             "subscription_already_cancelled",
             f"subscription '{sub.subscription_id}' was cancelled at {sub.cancelled_at.isoformat()}",
         )
-    if sub.status_at(fact.at) == "expired":
+    at = fact.at.astimezone(UTC)
+    if sub.status_at(at) == "expired":
         raise _Rejected(
             "subscription_inactive", f"subscription '{sub.subscription_id}' had already expired"
         )
-    sub.cancelled_at = fact.at.astimezone(UTC)
+    sub.cancelled_at = at
+
+
+def _seat_time(sub: Subscription, t: datetime) -> datetime:
+    """When a seat or key change made at ``t`` takes effect: at once, or at the start of a
+    subscription scheduled to start later."""
+    return t if t >= sub.started_at else sub.started_at
 
 
 def _add_seat(state: AccountState, t: datetime, fact: SeatAdded) -> None:
+    """A seat, active from ``t`` or from its subscription's later start."""
     sub = _subscription(state, fact.subscription_id)
-    _require_active(sub, t)
+    at = _seat_time(sub, t)
+    _require_active(sub, at)
     if state.find_seat(fact.seat_id) is not None:
         raise _Rejected("duplicate_seat", f"seat '{fact.seat_id}' already exists")
-    month = sub.month_at(t)[0]
+    month = sub.month_at(at)[0]
     sub.seats[fact.seat_id] = Seat(
-        seat_id=fact.seat_id, member=fact.member, added_at=t, tiers=[(month, fact.tier)]
+        seat_id=fact.seat_id, member=fact.member, added_at=at, tiers=[(month, fact.tier)]
     )
 
 
 def _change_tier(state: AccountState, t: datetime, fact: SeatTierChanged) -> _Resume | None:
     """An upgrade applies to the month containing ``t``; anything else from the next month."""
     sub = _subscription(state, fact.subscription_id)
-    seat = _active_seat(sub, fact.seat_id, t)
-    month = sub.month_at(t)[0]
+    at = _seat_time(sub, t)
+    seat = _active_seat(sub, fact.seat_id, at)
+    month = sub.month_at(at)[0]
     upgrade = is_upgrade(seat.tier_in(month), fact.tier)
     first = month if upgrade else month + 1
     seat.tiers = [entry for entry in seat.tiers if entry[0] < first]
@@ -369,7 +440,8 @@ def _change_tier(state: AccountState, t: datetime, fact: SeatTierChanged) -> _Re
 
 def _issue_key(state: AccountState, t: datetime, fact: ApiKeyIssued) -> None:
     sub = _subscription(state, fact.subscription_id)
-    seat = _active_seat(sub, fact.seat_id, t)
+    at = _seat_time(sub, t)
+    seat = _active_seat(sub, fact.seat_id, at)
     if fact.key_id in state.keys:
         raise _Rejected("duplicate_key", f"API key '{fact.key_id}' already exists")
     state.keys[fact.key_id] = ApiKey(
@@ -377,16 +449,20 @@ def _issue_key(state: AccountState, t: datetime, fact: ApiKeyIssued) -> None:
         subscription_id=sub.subscription_id,
         seat_id=seat.seat_id,
         key_hash=fact.key_hash,
-        issued_at=t,
+        issued_at=at,
     )
 
 
-def _buy_pack(state: AccountState, fact: SharedPackPurchased) -> None:
+def _buy_pack(state: AccountState, fact: SharedPackPurchased, recorded: datetime) -> None:
+    """A pack valid for a month from its purchase (never later than it was recorded), for a
+    subscription active then."""
     sub = _subscription(state, fact.subscription_id)
-    _require_active(sub, fact.purchased_at)
+    purchased_at = fact.purchased_at.astimezone(UTC)
+    if recorded < purchased_at:
+        purchased_at = recorded
+    _require_active(sub, purchased_at)
     if any(p.pack_id == fact.pack_id for s in state.subscriptions.values() for p in s.packs):
         raise _Rejected("duplicate_pack", f"pack '{fact.pack_id}' was already purchased")
-    purchased_at = fact.purchased_at.astimezone(UTC)
     expires_at = add_months(purchased_at, PACK_VALIDITY_MONTHS)
     sub.add_pack(Pack(pack_id=fact.pack_id, purchased_at=purchased_at, expires_at=expires_at))
 
@@ -429,7 +505,8 @@ def _require_active(sub: Subscription, t: datetime) -> None:
 
 
 def _review(state: AccountState, out: _Results, resume: _Resume | None) -> None:
-    """Expire due packs, publish every seat's status at the clock, and set the next review."""
+    """Make final the forfeiture of packs whose lateness allowance has passed, publish every
+    seat's status at the clock, and set when to look again."""
     clock = state.clock
     assert clock is not None
     due: list[datetime] = []
@@ -437,7 +514,8 @@ def _review(state: AccountState, out: _Results, resume: _Resume | None) -> None:
         for pack in sub.packs:
             if pack.expired:
                 continue
-            if pack.expires_at <= clock:
+            final = pack.expires_at + USAGE_LATENESS_LIMIT
+            if final <= clock:
                 pack.expired = True
                 expired = PackExpired.trusted(
                     subscription_id=sub.subscription_id,
@@ -447,39 +525,48 @@ def _review(state: AccountState, out: _Results, resume: _Resume | None) -> None:
                 )
                 out.emit(PackExpiredEvent, expired, pack.expires_at)
             else:
-                due.append(pack.purchased_at if clock < pack.purchased_at else pack.expires_at)
-        due.extend(t for t in (sub.cancelled_at, sub.expires_at) if t is not None and t > clock)
-        for seat_id, seat in sorted(sub.seats.items()):
-            reason = resume[0] if resume and resume[1] in (None, seat_id) else None
-            _publish_status(state, sub, seat, out, reason)
-            if seat.status == "suspended" and seat.removed_at is None and sub.active_at(clock):
-                due.append(sub.month_at(clock)[2])  # its quota resets
+                due.append(final)
+    _publish_statuses(state, out, resume, None)
+    following = seat_status.next_change(state, clock)
+    if following is not None:
+        due.append(following)
     state.next_review = min(due, default=None)
 
 
-def _publish_status(
+def _publish_statuses(
     state: AccountState,
-    sub: Subscription,
-    seat: Seat,
     out: _Results,
-    resume: SeatStatusReason | None,
+    resume: _Resume | None,
+    seats: list[tuple[Subscription, Seat]] | None,
 ) -> bool:
-    """Emit ``SeatStatusChanged`` if the seat's status at the clock differs from the last one."""
+    """Emit ``SeatStatusChanged`` for the seats (all by default) whose status at the clock
+    differs from the one last published; whether any did."""
     clock = state.clock
     assert clock is not None
-    status, reason, resets_at = sub.seat_status(seat, clock)
-    if status == seat.status:
-        return False
-    if reason is None:
-        reason = "seat_added" if seat.status is None else resume or "month_rolled_over"
-    seat.status = status
-    changed = SeatStatusChanged.trusted(
-        subscription_id=sub.subscription_id,
-        seat_id=seat.seat_id,
-        status=status,
-        reason=reason,
-        resets_at=resets_at,
-        at=clock,
+
+    def hint(seat_id: str) -> SeatStatusReason | None:
+        return resume[0] if resume is not None and resume[1] in (None, seat_id) else None
+
+    changes = seat_status.changes(
+        state, _last_published(state), clock, hint, None if seats is None else iter(seats)
     )
-    out.emit(SeatStatusChangedEvent, changed, clock)
-    return True
+    for change in changes:
+        found = state.find_seat(change.seat_id)
+        assert found is not None
+        seat = found[1]
+        seat.status = change.status
+        seat.status_reason = change.reason
+        out.emit(SeatStatusChangedEvent, change, clock)
+    return bool(changes)
+
+
+def _last_published(state: AccountState) -> seat_status.Published:
+    def last(seat_id: str) -> tuple[SeatStatus, SeatStatusReason] | None:
+        found = state.find_seat(seat_id)
+        if found is None or found[1].status is None:
+            return None
+        seat = found[1]
+        assert seat.status is not None
+        return seat.status, seat.status_reason or "seat_added"
+
+    return last

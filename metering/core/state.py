@@ -11,6 +11,7 @@ from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from heapq import heappop, heappush
 from typing import Any, Literal
 
 from metering.core.calendar import month_bounds, month_index_containing
@@ -31,7 +32,8 @@ class Pack:
     expires_at: datetime
     used_micro: int = 0
     expired: bool = False
-    """Its expiry was noticed and reported; what was unused is gone for good."""
+    """Its forfeiture is final and reported (``USAGE_LATENESS_LIMIT`` after its expiry): what
+    was unused is gone for good, and no late report draws on it any more."""
 
     def valid_at(self, t: datetime) -> bool:
         return not self.expired and self.purchased_at <= t < self.expires_at
@@ -57,6 +59,8 @@ class Seat:
     removed_at: datetime | None = None
     status: SeatStatus | None = None
     """The status last published for the seat."""
+    status_reason: SeatStatusReason | None = None
+    """The reason published with it."""
 
     def tier_in(self, month: int) -> Tier:
         for first, tier in reversed(self.tiers):
@@ -120,27 +124,6 @@ class Subscription:
     def add_pack(self, pack: Pack) -> None:
         insort(self.packs, pack, key=Pack.order)
 
-    def seat_status(
-        self, seat: Seat, at: datetime
-    ) -> tuple[SeatStatus, SeatStatusReason | None, datetime | None]:
-        """Status of ``seat`` at ``at``, why it is suspended, and when its quota resets."""
-        if seat.removed_at is not None and seat.removed_at <= at:
-            return "suspended", "seat_removed", None
-        status = self.status_at(at)
-        if status != "active":
-            return "suspended", _SUSPENDED_BECAUSE[status], None
-        month, _, end = self.month_at(at)
-        if seat.remaining_in(month) == 0 and self.shared_remaining_at(at) == 0:
-            return "suspended", "quota_exhausted", end
-        return "active", None, None
-
-
-_SUSPENDED_BECAUSE: dict[SubscriptionStatus, SeatStatusReason] = {
-    "not_started": "subscription_not_started",
-    "cancelled": "subscription_cancelled",
-    "expired": "subscription_expired",
-}
-
 
 @dataclass(slots=True)
 class ApiKey:
@@ -158,12 +141,35 @@ class AccountState:
 
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     keys: dict[str, ApiKey] = field(default_factory=dict)
-    request_ids: set[str] = field(default_factory=set)
-    """Every usage request id already deducted, to refuse duplicates."""
+    request_ids: dict[str, datetime] = field(default_factory=dict)
+    """Request ids already deducted, each with the instant until which a second charge of
+    it is refused (``REQUEST_ID_MEMORY`` after its usage's time); pruned once past."""
     clock: datetime | None = None
-    """The latest ``occurred_at`` or ``recorded_at`` seen: the account's notion of now."""
+    """The latest ``recorded_at`` seen (the server's clock, never a client's): the account's
+    notion of now."""
     next_review: datetime | None = None
-    """The earliest time a pack expiry, subscription end, pack start or seat reset is due."""
+    """The earliest time a pack forfeiture or a change of some seat's status is due."""
+    forgetting: list[tuple[datetime, str]] = field(default_factory=list, compare=False, repr=False)
+    """A heap of (remembered until, request id): the order in which to forget them."""
+
+    def remember_request(self, request_id: str, until: datetime) -> None:
+        """Remember a deducted request id until ``until`` (if that is still to come)."""
+        if self.clock is not None and until <= self.clock:
+            return
+        self.request_ids[request_id] = until
+        heappush(self.forgetting, (until, request_id))
+
+    def forget_requests(self) -> None:
+        """Forget the request ids remembered only until the clock or earlier: after it,
+        ``request_ids`` holds exactly those a duplicate of which could still arrive."""
+        clock = self.clock
+        heap = self.forgetting
+        if clock is None:
+            return
+        while heap and heap[0][0] <= clock:
+            until, request_id = heappop(heap)
+            if self.request_ids.get(request_id) == until:
+                del self.request_ids[request_id]
 
     def find_seat(self, seat_id: str) -> tuple[Subscription, Seat] | None:
         for subscription in self.subscriptions.values():
@@ -193,12 +199,23 @@ class AccountState:
             },
         }
         if with_request_ids:
-            data["request_ids"] = sorted(self.request_ids)
+            data["request_ids"] = [
+                [request_id, _time(until)] for request_id, until in sorted(self.request_ids.items())
+            ]
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], request_ids: Iterable[str] = ()) -> "AccountState":
-        """The state `data` holds, with `request_ids` added to any it has."""
+    def from_dict(
+        cls, data: dict[str, Any], request_ids: Iterable[tuple[str, datetime]] = ()
+    ) -> "AccountState":
+        """The state `data` holds, with `request_ids` (id, remembered until) added to any it
+        has, the earliest to forget first."""
+        clock = _parse_time(data["clock"])
+        remembered = [(r, _required_time(until)) for r, until in data.get("request_ids", ())]
+        remembered.extend(request_ids)
+        remembered.sort(key=lambda item: item[1])
+        if clock is not None:
+            remembered = [(r, until) for r, until in remembered if until > clock]
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported account state format {data.get('format')!r}")
         return cls(
@@ -207,8 +224,9 @@ class AccountState:
                 for sub_id, sub in data["subscriptions"].items()
             },
             keys={key_id: _key_from_dict(key_id, key) for key_id, key in data["keys"].items()},
-            request_ids={*data.get("request_ids", ()), *request_ids},
-            clock=_parse_time(data["clock"]),
+            request_ids=dict(remembered),
+            forgetting=[(until, r) for r, until in remembered],
+            clock=clock,
             next_review=_parse_time(data["next_review"]),
         )
 
@@ -293,6 +311,7 @@ def _seat_to_dict(seat: Seat) -> dict[str, Any]:
         "used_micro": [[month, used] for month, used in sorted(seat.used_micro.items())],
         "removed_at": _time(seat.removed_at),
         "status": seat.status,
+        "status_reason": seat.status_reason,
     }
 
 
@@ -305,4 +324,5 @@ def _seat_from_dict(seat_id: str, data: dict[str, Any]) -> Seat:
         used_micro={month: used for month, used in data["used_micro"]},
         removed_at=_parse_time(data["removed_at"]),
         status=data["status"],
+        status_reason=data.get("status_reason"),
     )

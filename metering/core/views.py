@@ -8,6 +8,7 @@ asks these at authorize time with its own clock.
 from dataclasses import dataclass
 from datetime import datetime
 
+from metering.core import seat_status
 from metering.core.catalog import PACK_CREDITS_MICRO, TIER_QUOTA_MICRO
 from metering.core.state import AccountState, Seat, Subscription, SubscriptionStatus
 from schemas.base import Tier
@@ -125,7 +126,7 @@ def subscription_view(
 def _seat_view(sub: Subscription, seat: Seat, at: datetime, shared: int) -> SeatView:
     month, start, end = sub.month_at(at)
     tier = seat.tier_in(month)
-    status, reason, _ = sub.seat_status(seat, at)
+    status, reason, _ = seat_status.status_at(sub, seat, at)
     ended = reason in ("seat_removed", "subscription_cancelled", "subscription_expired")
     return SeatView(
         subscription_id=sub.subscription_id,

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ledger import metrics
+from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import apply
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
@@ -30,7 +31,12 @@ from metering.deadletters import dead_letter
 from metering.outbox import Outbox
 from metering.projection import Record
 from metering.publishing import Outgoing
-from metering.snapshots import load_snapshot, request_ids_by_account, snapshot_json
+from metering.snapshots import (
+    RememberedIds,
+    load_snapshot,
+    request_ids_by_account,
+    snapshot_json,
+)
 from schemas.envelope import FactEvent, ResultEvent, parse_event
 
 log = logging.getLogger(__name__)
@@ -247,14 +253,18 @@ class LedgerProjection:
         return dead_letter(record, reason, datetime.now(UTC), self._topics.dlq)
 
 
-async def _deducted_request_ids(conn: Connection, account_ids: list[str]) -> dict[str, list[str]]:
-    """The request ids each account has had deducted: what its stored state leaves out."""
+async def _deducted_request_ids(conn: Connection, account_ids: list[str]) -> RememberedIds:
+    """The request ids each account still remembers (their usage's time plus
+    `REQUEST_ID_MEMORY` is past its clock): what its stored state leaves out."""
     if not account_ids:
         return {}
     rows = await conn.fetch(
-        "SELECT account_id, request_id FROM ledger_entries "
-        "WHERE account_id = ANY($1::text[]) AND event_type = 'CreditsDeducted'",
+        "SELECT e.account_id, e.request_id, e.occurred_at + $2::interval AS remember_until "
+        "FROM ledger_entries e JOIN ledger_accounts a USING (account_id) "
+        "WHERE e.account_id = ANY($1::text[]) AND e.event_type = 'CreditsDeducted' "
+        "AND e.occurred_at > (a.state->>'clock')::timestamptz - $2::interval",
         account_ids,
+        REQUEST_ID_MEMORY,
     )
     return request_ids_by_account(rows)
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import asyncpg
 from pydantic import ValidationError
 
+from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import apply
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
@@ -33,7 +34,12 @@ from metering.db import Connection
 from metering.outbox import Outbox
 from metering.projection import Record
 from metering.publishing import Outgoing
-from metering.snapshots import load_snapshot, request_ids_by_account, snapshot_json
+from metering.snapshots import (
+    RememberedIds,
+    load_snapshot,
+    request_ids_by_account,
+    snapshot_json,
+)
 from quota import metrics
 from quota.directory import Directory
 from quota.seat_status import Published, next_status_change, status_changes, timer_envelope
@@ -55,8 +61,8 @@ class _Batch:
     published: dict[str, tuple[str, Published]] = field(default_factory=dict)
     """seat id → (account id, status): the last status this batch publishes for the seat."""
     recorded: list[datetime] = field(default_factory=list)
-    deducted: list[tuple[str, str]] = field(default_factory=list)
-    """(account id, request id) of each usage deducted: the request ids to store."""
+    deducted: list[tuple[str, str, datetime]] = field(default_factory=list)
+    """(account id, request id, remembered until) of each usage deducted: the ids to store."""
     unparseable: int = 0
 
 
@@ -239,7 +245,8 @@ class QuotaProjection:
         outgoing = []
         for result in apply(state, event, self._card):
             if result.event_type == "CreditsDeducted":
-                batch.deducted.append((account_id, result.payload.request_id))
+                until = result.occurred_at + REQUEST_ID_MEMORY
+                batch.deducted.append((account_id, result.payload.request_id, until))
             elif result.event_type == "SeatStatusChanged":
                 change = result.payload
                 pending = batch.published.get(change.seat_id)
@@ -293,15 +300,25 @@ class QuotaProjection:
         log.info("partition reloaded", extra={"partition": partition, "accounts": len(stored)})
 
     async def _store_accounts(
-        self, conn: Connection, account_ids: Collection[str], deducted: list[tuple[str, str]]
+        self,
+        conn: Connection,
+        account_ids: Collection[str],
+        deducted: list[tuple[str, str, datetime]],
     ) -> None:
         """Write the accounts' states, without their request ids: only the new ones are
         added, to `quota_request_ids` (they only grow, and are most of a busy state)."""
-        if deducted:
-            await conn.copy_records_to_table(
-                "quota_request_ids",
-                records=[(self._group, a, r) for a, r in deducted],
-                columns=["consumer_group", "account_id", "request_id"],
+        if deducted:  # an id forgotten in memory but not yet pruned here may come back
+            latest = {(a, r): until for a, r, until in deducted}
+            await conn.execute(
+                "INSERT INTO quota_request_ids AS r "
+                "(consumer_group, account_id, request_id, remember_until) "
+                "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[]) "
+                "ON CONFLICT (consumer_group, account_id, request_id) "
+                "DO UPDATE SET remember_until = EXCLUDED.remember_until",
+                self._group,
+                [a for a, _ in latest],
+                [r for _, r in latest],
+                list(latest.values()),
             )
         if not account_ids:
             return
@@ -373,15 +390,30 @@ class QuotaProjection:
             self._lock.release()
         return batch
 
-    async def _request_ids(
-        self, conn: Connection, account_ids: list[str] | None
-    ) -> dict[str, list[str]]:
-        """The request ids deducted in each of `account_ids` (None: every account)."""
-        query = "SELECT account_id, request_id FROM quota_request_ids WHERE consumer_group = $1"
+    async def _request_ids(self, conn: Connection, account_ids: list[str] | None) -> RememberedIds:
+        """The request ids each of `account_ids` (None: every account) still remembers."""
+        query = (
+            "SELECT r.account_id, r.request_id, r.remember_until FROM quota_request_ids r "
+            "JOIN quota_accounts a USING (consumer_group, account_id) "
+            "WHERE r.consumer_group = $1 "
+            "AND r.remember_until > (a.state->>'clock')::timestamptz"
+        )
         if account_ids is None:
             rows = await conn.fetch(query, self._group)
         else:
             rows = await conn.fetch(
-                query + " AND account_id = ANY($2::text[])", self._group, account_ids
+                query + " AND r.account_id = ANY($2::text[])", self._group, account_ids
             )
         return request_ids_by_account(rows)
+
+    async def forget_request_ids(self) -> int:
+        """Delete the stored request ids no account remembers any more; returns how many."""
+        async with self._pool().acquire() as conn:
+            status = await conn.execute(
+                "DELETE FROM quota_request_ids r USING quota_accounts a "
+                "WHERE r.consumer_group = $1 AND a.consumer_group = r.consumer_group "
+                "AND a.account_id = r.account_id "
+                "AND r.remember_until <= (a.state->>'clock')::timestamptz",
+                self._group,
+            )
+        return int(status.split()[-1])

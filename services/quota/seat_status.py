@@ -1,9 +1,10 @@
-"""Seat statuses that time alone changes, found as a pure function of a state and two times.
+"""The seat statuses quota's timer publishes between facts, by the core's one rule.
 
 The fold notices a status change at the next fact of the account; between facts, a
-suspended seat's month rolls over, a pack expires, a subscription ends. Quota's timer asks
-`status_changes` for the seats whose status at `at` differs from the one last published,
-and `next_status_change` for when to look at an account again.
+suspended seat's month rolls over, a pack expires, a subscription starts or ends. Quota's
+timer asks the core's `metering.core.seat_status` which seats' status at `at` differs from
+the one last published, and when to look at an account again; this module only names the
+messages it publishes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from metering.core import seat_status
 from metering.core.state import AccountState
 from schemas.base import SCHEMA_VERSION
 from schemas.envelope import SeatStatusChangedEvent
@@ -34,47 +36,17 @@ def status_changes(
     state: AccountState, published: Mapping[str, Published], at: datetime
 ) -> list[SeatStatusChanged]:
     """The account's seats whose status at `at` is not the one last published, in seat order."""
-    changes = []
-    for _, sub in sorted(state.subscriptions.items()):
-        for seat_id, seat in sorted(sub.seats.items()):
-            status, reason, resets_at = sub.seat_status(seat, at)
-            last = published.get(seat_id)
-            if last is not None and last.status == status:
-                continue
-            if reason is None:
-                reason = _why_active(last)
-            changes.append(
-                SeatStatusChanged.trusted(
-                    subscription_id=sub.subscription_id,
-                    seat_id=seat_id,
-                    status=status,
-                    reason=reason,
-                    resets_at=resets_at,
-                    at=at,
-                )
-            )
-    return changes
 
+    def last(seat_id: str) -> tuple[SeatStatus, SeatStatusReason] | None:
+        found = published.get(seat_id)
+        return None if found is None else (found.status, found.reason)
 
-def _why_active(last: Published | None) -> SeatStatusReason:
-    """Why a seat is active when only time passed since its last published status."""
-    if last is None or last.reason == "subscription_not_started":
-        return "seat_added"
-    return "month_rolled_over" if last.reason == "quota_exhausted" else "pack_purchased"
+    return seat_status.changes(state, last, at)
 
 
 def next_status_change(state: AccountState, after: datetime) -> datetime | None:
-    """The earliest instant after `after` at which time alone may change a seat's status: a
-    month end, a pack's start or expiry, a subscription's start or end, a seat's removal."""
-    due: list[datetime] = []
-    for sub in state.subscriptions.values():
-        if sub.active_at(after):
-            due.append(sub.month_at(after)[2])
-        due.extend(t for t in (sub.started_at, sub.ends_at) if t is not None)
-        for pack in sub.packs:
-            due.extend((pack.purchased_at, pack.expires_at))
-        due.extend(s.removed_at for s in sub.seats.values() if s.removed_at is not None)
-    return min((t for t in due if t > after), default=None)
+    """The earliest instant after `after` at which time alone may change a seat's status."""
+    return seat_status.next_change(state, after)
 
 
 def timer_envelope(account_id: str, change: SeatStatusChanged) -> SeatStatusChangedEvent:

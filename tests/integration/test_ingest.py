@@ -52,7 +52,7 @@ def test_plan_commands_answer_like_the_contract(ingest: httpx.Client) -> None:
     sub = {
         "account_id": account,
         "subscription_id": f"sub-{account}",
-        "started_at": "2026-11-01T00:00:00Z",
+        "started_at": (datetime.now(UTC) - timedelta(days=3)).isoformat(),
     }
     created = ingest.post("/v1/subscriptions", json=sub)
     assert created.status_code == 201
@@ -88,12 +88,15 @@ def test_plan_commands_answer_like_the_contract(ingest: httpx.Client) -> None:
     assert ingest.delete(f"/v1/keys/{key.json()['key_id']}").status_code == 200
     assert ingest.delete("/v1/keys/no-such-key").status_code == 404
 
-    pack = {"pack_id": f"pack-{account}", "purchased_at": "2026-11-02T00:00:00Z"}
+    now = datetime.now(UTC)
+    pack = {"pack_id": f"pack-{account}", "purchased_at": (now - timedelta(hours=1)).isoformat()}
     assert ingest.post(f"/v1/subscriptions/sub-{account}/packs", json=pack).status_code == 201
-    cancel = {"at": "2026-11-20T00:00:00Z"}
+    cancel = {"at": now.isoformat()}
     assert ingest.post(f"/v1/subscriptions/sub-{account}/cancel", json=cancel).status_code == 200
-    late_pack = {"pack_id": f"pack2-{account}", "purchased_at": "2026-11-21T00:00:00Z"}
-    assert ingest.post(f"/v1/subscriptions/sub-{account}/packs", json=late_pack).status_code == 409
+    late_pack = {"pack_id": f"pack2-{account}", "purchased_at": datetime.now(UTC).isoformat()}
+    ended = ingest.post(f"/v1/subscriptions/sub-{account}/packs", json=late_pack)
+    assert ended.status_code == 409
+    assert ended.json()["code"] == "subscription_ended"
 
 
 def test_write_calls_need_the_token_and_never_say_which_part_was_wrong(

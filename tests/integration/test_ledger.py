@@ -28,6 +28,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import fold
 from metering.core.ratecard import load_rate_card
 from metering.core.state import AccountState
@@ -225,11 +226,13 @@ class LedgerSnapshot:
 async def snapshot(db: asyncpg.Connection) -> LedgerSnapshot:
     """What the ledger stored; each account's state as it loads it again (the stored state
     and the request ids of its deductions)."""
-    deducted: dict[str, list[str]] = {}
+    deducted: dict[str, list[tuple[str, datetime]]] = {}
     for r in await db.fetch(
-        "SELECT account_id, request_id FROM ledger_entries WHERE event_type = 'CreditsDeducted'"
+        "SELECT account_id, request_id, occurred_at FROM ledger_entries "
+        "WHERE event_type = 'CreditsDeducted'"
     ):
-        deducted.setdefault(r["account_id"], []).append(r["request_id"])
+        remembered = (r["request_id"], r["occurred_at"] + REQUEST_ID_MEMORY)
+        deducted.setdefault(r["account_id"], []).append(remembered)
     states = {
         r["account_id"]: as_json(
             AccountState.from_dict(orjson.loads(r["state"]), deducted.get(r["account_id"], ()))
@@ -608,3 +611,82 @@ def test_a_bad_rate_card_stops_the_ledger_with_its_message(stack: Stack, tmp_pat
     )
     assert ledger.returncode != 0
     assert f"RATE_CARD_PATH: {card}" in ledger.stderr
+
+
+async def test_one_hostile_event_among_1000_stops_nothing(
+    env: IsolatedEnv, db: asyncpg.Connection
+) -> None:
+    """design.md §4a: a fact that fails to apply is rejected with its reason, identically in
+    the ledger and quota, and the partition goes on. Round one's ledger failed every batch
+    after `output_tokens: 10**16` (its price overflows a 64-bit column) and stayed ready."""
+    load = make_load(env.name, accounts=20, usages_per_account=50, seed=11)
+    hostile_account = f"{env.name}-acct-3"
+    hostile = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "UsageRecorded",
+        "schema_version": 1,
+        "occurred_at": (T0 + timedelta(days=7)).isoformat(),
+        "recorded_at": (T0 + timedelta(days=7)).isoformat(),
+        "account_id": hostile_account,
+        "payload": {
+            "request_id": "hostile",
+            "subscription_id": f"{env.name}-sub-3",
+            "seat_id": f"{env.name}-seat-3-0",
+            "key_id": f"key-{env.name}-seat-3-0",
+            "model": "qwen3.6-plus",
+            "input_tokens": 0,
+            "cached_tokens": 0,
+            "output_tokens": 10**16,
+            "thinking": False,
+            "tool_calls": {},
+            "images": 0,
+        },
+    }
+    middle = len(load.messages) // 2
+    load.messages.insert(middle, (hostile_account, orjson.dumps(hostile)))
+    assert len(load.messages) > 1000
+    await produce(env.stack.kafka_bootstrap_servers, env.events_topic, load.messages)
+    _, ledger_url = env.start("ledger")
+    _, quota_url = env.start("quota")
+    await wait_ready(ledger_url, env)
+    await wait_ready(quota_url, env)
+
+    async def both_done() -> bool:
+        rows = await db.fetch(
+            "SELECT consumer_group, sum(next_offset) AS n FROM consumer_offsets "
+            "WHERE topic = $1 GROUP BY consumer_group",
+            env.events_topic,
+        )
+        return len(rows) == 2 and all(row["n"] == len(load.messages) for row in rows)
+
+    await poll(both_done, "ledger and quota applying every message", env)
+    wanted = expected(load)
+    assert_same_ledger(await snapshot(db), wanted)
+    reason = await db.fetchval(
+        "SELECT reason FROM ledger_entries WHERE source_event_id = $1", hostile["event_id"]
+    )
+    assert reason == "unpriceable_usage"
+    ledger_states = {
+        r["account_id"]: r["state"]
+        for r in await db.fetch("SELECT account_id, state::text AS state FROM ledger_accounts")
+    }
+    quota_states = {
+        r["account_id"]: r["state"]
+        for r in await db.fetch("SELECT account_id, state::text AS state FROM quota_accounts")
+    }
+
+    def without_statuses(text: str) -> Any:
+        """The ledger does not publish seat statuses (quota does): compare the rest."""
+        state = orjson.loads(text)
+        for sub in state["subscriptions"].values():
+            for seat in sub["seats"].values():
+                seat.pop("status", None)
+                seat.pop("status_reason", None)
+        return state
+
+    assert {a: without_statuses(s) for a, s in ledger_states.items()} == {
+        a: without_statuses(s) for a, s in quota_states.items()
+    }
+    async with httpx.AsyncClient() as client:
+        for url in (ledger_url, quota_url):
+            assert (await client.get(f"{url}/readyz")).status_code == 200

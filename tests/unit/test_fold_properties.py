@@ -11,7 +11,7 @@ from event_builders import DEFAULT_CARD, TOKENS_PER_CREDIT, Facts, at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.core.catalog import PACK_CREDITS_MICRO, TIER_QUOTA_MICRO
+from metering.core.catalog import PACK_CREDITS_MICRO, REQUEST_ID_MEMORY, TIER_QUOTA_MICRO
 from metering.core.fold import apply, fold
 from metering.core.state import AccountState
 from metering.core.views import seat_view
@@ -135,7 +135,11 @@ def test_replay_and_persistence_give_identical_state_and_results(
     # As the projections store it: the state without its request ids, and the request ids
     # of the deductions (the ledger's CreditsDeducted entries, quota's own table).
     stored = json.loads(json.dumps(head_state.to_dict(with_request_ids=False)))
-    deducted = [r.payload.request_id for r in head_results if r.event_type == "CreditsDeducted"]
+    deducted = [
+        (r.payload.request_id, r.occurred_at + REQUEST_ID_MEMORY)
+        for r in head_results
+        if r.event_type == "CreditsDeducted"
+    ]
     restored = AccountState.from_dict(stored, deducted)
     tail_state, tail_results = fold(events[cut:], DEFAULT_CARD, restored)
     assert (tail_state, head_results + tail_results) == (state, results)

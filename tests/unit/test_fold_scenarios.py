@@ -67,7 +67,8 @@ def packs_soonest_expiry_first() -> Scenario:
             f.buy_pack(at("2026-02-01 00:00"), "pack-a"),
             f.usage(at("2026-02-15 00:00"), request_id="r1", credits=725_000),
             f.usage(at("2026-02-16 00:00"), request_id="r2", credits=500_000),
-            f.usage(at("2026-03-02 00:00"), request_id="r3", credits=30_000),
+            # packs a and c expire on Mar 1; their forfeiture is final 72 h later
+            f.usage(at("2026-03-04 00:00"), request_id="r3", credits=30_000),
         ],
         receipts={
             "r1": [("seat-1:2026-01", 25_000), ("pack-a", 625_000), ("pack-c", 75_000)],
@@ -75,7 +76,41 @@ def packs_soonest_expiry_first() -> Scenario:
             "r3": [("seat-1:2026-02", 25_000), ("pack-b", 5_000)],
         },
         expired_packs=[("pack-a", 0), ("pack-c", 50_000)],
-        views=[("seat-1", at("2026-03-02 00:00"), 0, 620_000, "active")],
+        views=[("seat-1", at("2026-03-04 00:00"), 0, 620_000, "active")],
+    )
+
+
+def late_usage_draws_on_expired_pack() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "a call made while a pack was valid, reported after its expiry (within the lateness "
+        "allowed), draws on it; the forfeiture counts what is left once the allowance passed",
+        [
+            *f.team(at("2026-01-01 00:00"), ("seat-1", "standard")),
+            f.usage(at("2026-01-02 00:00"), request_id="r0", credits=25_000),
+            f.buy_pack(at("2026-01-05 00:00"), "pack-a"),
+            # pack-a expires Feb 5; the call of Feb 4 23:00 is reported on Feb 6
+            f.usage(
+                at("2026-02-04 23:00"),
+                request_id="r1",
+                credits=100_000,
+                recorded=at("2026-02-06 00:00"),
+            ),
+            f.usage(at("2026-02-06 01:00"), request_id="r2", credits=30_000),
+            f.usage(at("2026-02-09 00:00"), request_id="r3", credits=1_000),
+        ],
+        receipts={
+            "r0": [("seat-1:2026-01", 25_000)],
+            "r1": [("seat-1:2026-02", 25_000), ("pack-a", 75_000)],
+            "r2": [("shortfall", 30_000)],
+            "r3": [("shortfall", 1_000)],
+        },
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "pack_purchased"),
+            ("seat-1", "suspended", "quota_exhausted"),
+        ],
+        expired_packs=[("pack-a", 550_000)],
     )
 
 
@@ -379,6 +414,7 @@ def refused_facts() -> Scenario:
 SCENARIOS: list[Callable[[], Scenario]] = [
     seed_example,
     packs_soonest_expiry_first,
+    late_usage_draws_on_expired_pack,
     pack_expiry_ties_by_purchase,
     month_bounds_from_jan31,
     upgrade_now_downgrade_next_month,
