@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     quota_failed_keys_per_minute: int = Field(
         20, ge=1, description="failed API keys one client address may present per minute"
     )
+    projection_stuck_after_failures: int = Field(
+        5,
+        ge=1,
+        description="failed batches in a row after which a consumed partition counts as stuck",
+    )
+    projection_stuck_after_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="seconds without progress, while messages wait, after which a consumed "
+        "partition counts as stuck",
+    )
 
     def tokens(self, *names: str) -> list[str]:
         """The values of the named token settings that are set (for `bearer_guard`)."""

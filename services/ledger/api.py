@@ -1,4 +1,4 @@
-"""The ledger's HTTP API: quotes, usage details and monthly statements.
+"""The ledger's HTTP API: quotes, usage details, monthly statements and fact lookups.
 
 Every call needs a bearer token (the admin or the read token): the usage and statements
 are the team's data, and the operator-set prices of the rate card are commercial ones.
@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ledger.lookup import LookupStore, parse_event_id
 from ledger.usage import (
     BadCursor,
     csv_header,
@@ -38,6 +39,7 @@ from metering.statement import (
     subscription_month,
 )
 from schemas.api import (
+    FactStatus,
     Problem,
     QuoteComponent,
     QuoteRequest,
@@ -183,7 +185,43 @@ def ledger_router(
         )
         return Response(body.model_dump_json(), media_type="application/json")
 
+    @router.get(
+        "/v1/events/{event_id}",
+        response_model=FactStatus,
+        summary="Where did my fact go: accepted, applied or rejected, with its ledger entries",
+    )
+    async def event(event_id: str) -> Response:
+        known = parse_event_id(event_id)
+        if known is not None:
+            async with pool().acquire() as conn, _snapshot(conn):
+                found = await LookupStore(conn).event(known)
+            if found is not None:
+                return Response(found.model_dump_json(), media_type="application/json")
+        return problem(404, "Not found", f"no fact has event id '{event_id}'", code="unknown_event")
+
+    @router.get(
+        "/v1/accounts/{account_id}/requests/{request_id}",
+        response_model=FactStatus,
+        summary="Where did my usage report go, by its request id",
+    )
+    async def request(account_id: str, request_id: str) -> Response:
+        async with pool().acquire() as conn, _snapshot(conn):
+            found = await LookupStore(conn).request(account_id, request_id)
+        if found is None:
+            return problem(
+                404,
+                "Not found",
+                f"account '{account_id}' has no usage with request id '{request_id}'",
+                code="unknown_request",
+            )
+        return Response(found.model_dump_json(), media_type="application/json")
+
     return router
+
+
+def _snapshot(conn: Connection) -> Any:
+    """A read-only transaction seeing ingest's and the ledger's tables at one instant."""
+    return conn.transaction(isolation="repeatable_read", readonly=True)
 
 
 def _unknown_subscription(subscription_id: str) -> JSONResponse:

@@ -14,7 +14,7 @@ from ledger.api import ledger_router
 from ledger.projection import OUTBOX, LedgerProjection, LedgerTopics
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer
+from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 
@@ -33,6 +33,9 @@ def build_app(settings: Settings) -> FastAPI:
         pool=pool,
         projection=LedgerProjection(card, topics, on_commit=relay.wake),
         metrics=metrics.CONSUMER,
+        stuck_after=StuckAfter(
+            settings.projection_stuck_after_failures, settings.projection_stuck_after_seconds
+        ),
     )
     runtime.add_worker(relay)
     runtime.add_worker(consumer)

@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer
+from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 from quota import metrics
@@ -56,6 +56,9 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
         pool=pool,
         projection=projection,
         metrics=metrics.CONSUMER,
+        stuck_after=StuckAfter(
+            settings.projection_stuck_after_failures, settings.projection_stuck_after_seconds
+        ),
     )
     runtime.add_worker(projection)
     runtime.add_worker(relay)

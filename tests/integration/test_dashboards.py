@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from metering.dev import run_services, wait_until_ready
 from metering.processes import die_with_parent, free_port, free_port_run, stop_process
 from metering.stack import Stack, start_stack
-from metering.topics import USAGE_REPORTS
+from metering.topics import EVENTS, USAGE_REPORTS
 from tests.conftest import ADMIN_TOKEN, SECRETS
 from tests.deploy.test_rules import (
     DASHBOARDS,
@@ -47,6 +47,7 @@ from tests.deploy.test_rules import (
 from tests.integration.test_ingest import usage
 from tests.integration.test_ingest_resilience import embedded_broker_process
 from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
+from tests.unit.event_builders import Facts
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -146,13 +147,12 @@ def drive_load(services: dict[str, str], stack: Stack) -> None:
             {**fine, "output_tokens": 1},  # conflict
             {**fine, "request_id": f"bad-{uuid.uuid4().hex}", "model": "gpt-9"},  # invalid
             {**fine, "request_id": f"bad-{uuid.uuid4().hex}", "input_tokens": -5},  # invalid
-            {**fine, "request_id": f"nokey-{uuid.uuid4().hex}", "key_id": "nokey"},  # FactRejected
         ]
         statuses = [
             r["status"]
             for r in ingest.post("/v1/usage/batch", json={"reports": reports}).json()["results"]
         ]
-        assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid", "accepted"]
+        assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid"]
 
         team.use(1, 6, **BIG_USAGE)  # the seat's month and the pack, and shortfall
         assert until(lambda: authorize(quota, team.key(1)), status_is(403)).status_code == 403
@@ -166,14 +166,23 @@ def drive_load(services: dict[str, str], stack: Stack) -> None:
         )
         assert len(deducted.json()["rows"]) == 7, deducted.text
 
-    asyncio.run(_produce_unparseable_report(stack, team.account))
+    asyncio.run(_produce_around_ingest(stack, team.account))
 
 
-async def _produce_unparseable_report(stack: Stack, account: str) -> None:
+async def _produce_around_ingest(stack: Stack, account: str) -> None:
+    """An unparseable report to ingest's Kafka entry (a dead letter), and a usage of a
+    subscription no fact made straight to the events topic: ingest refuses every fact that
+    cannot take effect, so only a producer going around it makes the ledger's guard reject one.
+    """
+    foreign = Facts(f"{account}-foreign")
+    rejected = foreign.usage(datetime.now(UTC), sub="sub-nobody-made")
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(USAGE_REPORTS, b"{not json", key=account.encode())
+        await producer.send_and_wait(
+            EVENTS, rejected.model_dump_json().encode(), key=foreign.account_id.encode()
+        )
     finally:
         await producer.stop()
 
