@@ -370,11 +370,11 @@ def wired(services: dict[str, str], stack: Any) -> None:
 
 @pytest.mark.usefixtures("wired")
 def test_every_2xx_takes_effect_and_every_view_agrees() -> None:
-    run = settings(
+    PromiseMachine.TestCase.settings = settings(
         max_examples=int(os.environ.get("PROMISE_EXAMPLES", "6")),
         stateful_step_count=12,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         derandomize=True,
-    )(PromiseMachine.TestCase)
-    run().runTest()
+    )
+    PromiseMachine.TestCase().runTest()
