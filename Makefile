@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## make run: the whole system on the embedded broker and database (Ctrl-C stops it)
+## make run: the whole system on the embedded broker and database (Ctrl-C stops it);
+## PORT=N puts the services on N, N+1, N+2; STATE_DIR=dir keeps state and logs there
+PORT ?= 8001
+STATE_DIR ?= .run
 run: install
-	$(BIN)/metering dev
+	$(BIN)/metering dev --base-port $(PORT) --state-dir $(STATE_DIR)
 
 ## make test: lint, types, then every test (unit and integration, real broker and database)
 test: lint typecheck pytest
