@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint typecheck pytest deploy-tools schemas lock clean
+.PHONY: install run test test-unit bench lint typecheck pytest deploy-tools schemas lock clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ run: install
 
 ## make test: lint, types, then every test (unit and integration, real broker and database)
 test: lint typecheck pytest
+
+## make test-unit: lint, types and the unit tests only (no broker, no database): the fast loop
+test-unit: lint typecheck
+	$(BIN)/pytest tests/unit
 
 lint: install
 	$(BIN)/ruff check .

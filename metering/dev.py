@@ -257,7 +257,7 @@ AUTH="Authorization: Bearer $METERING_ADMIN_TOKEN"
 JSON='Content-Type: application/json'
 field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 now() { python3 -c 'import datetime; print(datetime.datetime.now(datetime.UTC).isoformat())'; }
-RUN=$(date +%s)   # fresh ids on every run, so the demo can run again
+RUN=$RANDOM$RANDOM   # fresh ids on every run, so the demo can run again
 SUB=sub-$RUN SEAT=seat-ana-$RUN
 
 # a subscription from now on, a standard seat (25000 credits a month), the seat's API key
