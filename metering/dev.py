@@ -40,6 +40,8 @@ STABLE_AFTER = 30.0
 
 ENV_FILE = "env"
 """Under the state directory: the running dev stack's settings, for `metering` and the demo."""
+PID_FILE = "dev.pid"
+"""Under the state directory while a dev stack uses it: a second one must not reset it."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,6 @@ def write_env_file(state_dir: Path, stack: Stack, services: Sequence[RunningServ
         **stack.environ(),
         **{f"{s.name.upper()}_URL": s.url for s in services},
         "METERING_ADMIN_TOKEN": services[0].environ["METERING_ADMIN_TOKEN"],
-        "METERING_DEV_PID": str(os.getpid()),
     }
     path = state_dir / ENV_FILE
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -221,12 +222,10 @@ def write_env_file(state_dir: Path, stack: Stack, services: Sequence[RunningServ
     return path
 
 
-def other_run(env_path: Path) -> int | None:
-    """The pid of another live `metering dev` that wrote `env_path`, if any."""
-    if not env_path.exists():
-        return None
+def other_run(pid_path: Path) -> int | None:
+    """The pid of another live `metering dev` on this state directory, if any."""
     with contextlib.suppress(ValueError, OSError):
-        pid = int(read_env_file(env_path).get("METERING_DEV_PID", ""))
+        pid = int(pid_path.read_text())
         if pid != os.getpid() and psutil.pid_exists(pid):
             return pid
     return None
@@ -354,18 +353,9 @@ def supervise(services: list[RunningService], poll: float = 0.5) -> None:
 
 def run(state_dir: Path, base_port: int = BASE_PORT) -> int:
     """Run and supervise until interrupted; returns the exit status (2: cannot start)."""
-    taken = taken_ports(base_port)
-    if taken:
-        alternative = free_base_port(base_port)
-        print(
-            f"make run: port {', '.join(taken)} is taken. Free it, or use other ports: "
-            f"`make run PORT={alternative}` (metering dev --base-port {alternative})",
-            file=sys.stderr,
-        )
-        return 2
     state_dir.mkdir(parents=True, exist_ok=True)
-    env_path = state_dir / ENV_FILE
-    running = other_run(env_path)
+    pid_path, env_path = state_dir / PID_FILE, state_dir / ENV_FILE
+    running = other_run(pid_path)
     if running:
         print(
             f"make run: another dev stack (pid {running}) runs on {state_dir}; stop it, or "
@@ -373,7 +363,25 @@ def run(state_dir: Path, base_port: int = BASE_PORT) -> int:
             file=sys.stderr,
         )
         return 2
+    taken = taken_ports(base_port)
+    if taken:
+        alternative = free_base_port(base_port)
+        print(
+            f"make run: {'ports' if len(taken) > 1 else 'port'} {', '.join(taken)} "
+            f"{'are' if len(taken) > 1 else 'is'} taken. Free it, or use other ports: "
+            f"`make run PORT={alternative}` (metering dev --base-port {alternative})",
+            file=sys.stderr,
+        )
+        return 2
+    pid_path.write_text(str(os.getpid()))
     env_path.unlink(missing_ok=True)
+    try:
+        return _run(state_dir, base_port, env_path)
+    finally:
+        pid_path.unlink(missing_ok=True)
+
+
+def _run(state_dir: Path, base_port: int, env_path: Path) -> int:
     kept = kept_secrets(state_dir, os.environ)
     started = time.monotonic()
     try:

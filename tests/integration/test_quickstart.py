@@ -186,6 +186,20 @@ def test_metering_commands_find_the_stack_through_run_env(dev_run: DevRun) -> No
     assert not (dev_run.home / "replay-report.json").exists()
 
 
+def test_a_second_stack_on_the_same_state_is_refused(dev_run: DevRun) -> None:
+    done = subprocess.run(
+        [*METERING, "dev", "--base-port", str(free_port_run(len(dev.SERVICES)))],
+        cwd=dev_run.home,
+        capture_output=True,
+        text=True,
+        env=newcomer_env(),
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"another dev stack (pid {dev_run.process.pid}) runs on .run" in done.stderr
+    assert (dev_run.home / ".run" / "env").exists(), "the running stack's state is untouched"
+
+
 def readme_bash_blocks() -> list[str]:
     """README.md's ```bash blocks, in order (```sh blocks are commands not run here)."""
     return re.findall(r"^```bash\n(.*?)^```$", (REPO / "README.md").read_text(), re.M | re.S)
