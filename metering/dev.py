@@ -16,6 +16,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,11 +107,16 @@ def run_services(
             running.append(spawn(name, port, env, logs / f"{name}.log"))
         yield running
     finally:
-        for service in running:
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        for service in running:
-            stop_process(service.process, grace=30)
+        stop_all(running, grace=30)
+
+
+def stop_all(services: Sequence[RunningService], grace: float) -> None:
+    """SIGTERM every service at once, then wait for each (SIGKILL after `grace`)."""
+    for service in services:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+    for service in services:
+        stop_process(service.process, grace=grace)
 
 
 def listens_on(pid: int, port: int) -> bool:
@@ -322,12 +328,44 @@ def say(message: str) -> None:
     print(f"{datetime.now().strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def supervise(services: list[RunningService], poll: float = 0.5) -> None:
-    """Restart any service that exits, alone, with back-off; runs until interrupted."""
+def broker_answers(bootstrap_servers: str) -> bool:
+    """The broker still accepts connections (a cheap liveness check, not a Kafka request)."""
+    host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=2):
+        return True
+    return False
+
+
+BROKER_CHECK_SECONDS = 5.0
+
+
+class BrokerGone(RuntimeError):
+    """The embedded broker died under the stack (already said on stderr)."""
+
+
+def supervise(services: list[RunningService], broker: str | None = None, poll: float = 0.5) -> None:
+    """Restart any service that exits, alone, with back-off; runs until interrupted.
+
+    The broker is not restarted: the embedded one keeps its topics in memory, and a new one
+    would come back empty under live clients. If it stops answering, this raises, and the
+    whole stack stops with a message saying so.
+    """
     restarts = {s.name: Restarts() for s in services}
+    broker_checked, broker_misses = time.monotonic(), 0
     with httpx.Client(timeout=2.0) as client:
         while True:
             now = time.monotonic()
+            if broker and now - broker_checked >= BROKER_CHECK_SECONDS:
+                broker_checked = now
+                broker_misses = 0 if broker_answers(broker) else broker_misses + 1
+                if broker_misses >= 2:
+                    say(
+                        f"the embedded broker at {broker} stopped answering; its topics lived "
+                        "in its memory, so this stack cannot go on: stopping everything. Run "
+                        "`make run` again (it starts from a clean state)."
+                    )
+                    stop_all(services, grace=5)  # nothing left to flush without a broker
+                    raise BrokerGone(broker)
             for index, service in enumerate(services):
                 state = restarts[service.name]
                 status = service.process.poll()
@@ -401,12 +439,17 @@ def _run(state_dir: Path, base_port: int, env_path: Path) -> int:
                 demo.write_text(demo_script(env_path))
                 print(banner(services, kept["METERING_ADMIN_TOKEN"], env_path, demo))
                 print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
-                supervise(services)
+                supervise(
+                    services,
+                    stack.kafka_bootstrap_servers if stack.kafka_origin == "embedded" else None,
+                )
             finally:
                 env_path.unlink(missing_ok=True)
     except KeyboardInterrupt:
         print("\nstopped.")
         return 0
+    except BrokerGone:
+        return 1
     except (RuntimeError, StackError) as error:
         print(f"make run failed: {error}", file=sys.stderr)
         return 1

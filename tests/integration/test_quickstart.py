@@ -299,3 +299,22 @@ def test_a_second_start_begins_clean_and_applies_new_events(tmp_path: Path) -> N
         assert_demo_kept_its_promises(bash((tmp_path / ".run" / "demo.sh").read_text(), tmp_path))
     finally:
         stop_dev(second)
+
+
+def test_a_dead_broker_stops_the_stack_and_says_why(tmp_path: Path) -> None:
+    """Its topics lived in memory: restarting services under a new, empty one would lie."""
+    run = start_dev(tmp_path)
+    try:
+        run.wait_for(dev.DEMO_END)
+        children = run.children()
+        [broker] = [p for name, p in children.items() if name.startswith("tansu")]
+        broker.kill()
+        run.wait_for("the embedded broker at", within=15)
+        assert "Run `make run` again (it starts from a clean state)" in run.text
+        assert run.process.wait(30) == 1
+        gone = psutil.wait_procs(list(children.values()), timeout=30)[1]
+        assert gone == [], "every service stopped with it"
+        assert not (tmp_path / ".run" / "env").exists()
+    finally:
+        if run.process.poll() is None:
+            run.process.kill()
