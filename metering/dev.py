@@ -194,7 +194,8 @@ def fresh_start_note(state_dir: Path, environ: Mapping[str, str]) -> str:
     the broker is external (KAFKA_BOOTSTRAP_SERVERS), the embedded database starts empty too.
     """
     if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return "kept state: the broker and the database are external; nothing was reset"
+        database = "external" if environ.get("DATABASE_URL") else "kept under the state directory"
+        return f"kept state: the broker is external (its topics persist), the database {database}"
     if environ.get("DATABASE_URL"):
         raise StackError(
             "DATABASE_URL is set but KAFKA_BOOTSTRAP_SERVERS is not: the new broker starts with "

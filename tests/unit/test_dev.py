@@ -57,8 +57,10 @@ def test_an_external_broker_keeps_everything(tmp_path: Path) -> None:
     data = tmp_path / "stack" / "postgres"
     data.mkdir(parents=True)
     note = dev.fresh_start_note(tmp_path, {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
-    assert note.startswith("kept state")
+    assert note.endswith("the database kept under the state directory")
     assert data.exists()
+    both = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "DATABASE_URL": "postgresql://x@h/db"}
+    assert dev.fresh_start_note(tmp_path, both).endswith("the database external")
 
 
 def test_a_kept_database_with_a_new_broker_is_refused(tmp_path: Path) -> None:
