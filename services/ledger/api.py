@@ -6,6 +6,7 @@ are the team's data, and the operator-set prices of the rate card are commercial
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,7 +119,9 @@ def ledger_router(
         format: Literal["json", "csv"] | None = None,
     ) -> Response:
         """JSON pages of `limit` rows; as CSV (`format=csv` or `Accept: text/csv`) every row
-        from `cursor` on, streamed. `from` is inclusive, `to` exclusive."""
+        from `cursor` on, streamed. `from` is inclusive, `to` exclusive; a date alone
+        (`2026-11-29`) means its midnight UTC."""
+        since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
         for name, value in (("from", since), ("to", until)):
             if value is not None and value.tzinfo is None:
                 return problem(422, "Invalid request", f"{name} must have a time zone")
@@ -297,3 +300,14 @@ WHERE e.subscription_id = $1 AND e.event_type = 'CreditsDeducted' AND e.packs_pa
   AND e.occurred_at >= $4 AND e.occurred_at < $3 AND line->>'bucket' = 'pack'
 GROUP BY 1
 """
+
+
+def _midnight_utc(request: Request, name: str, value: datetime | None) -> datetime | None:
+    """A date alone (`?from=2026-11-29`) is that day's midnight UTC; a time keeps its zone
+    (and one without a zone is still refused)."""
+    if value is not None and _DATE_ONLY.fullmatch(request.query_params.get(name, "")):
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -568,6 +568,10 @@ async def test_quote_usage_and_statement_over_http(
         assert [r["tool_calls"] for r in only_s2["rows"]] == [{"search": 2}]
         january = {"from": "2026-01-12T12:00:00Z", "to": "2026-02-10T09:00:00Z"}
         assert len((await client.get(usage, params=january)).json()["rows"]) == 2
+        days = {"from": "2026-01-13", "to": "2026-02-10"}  # a date alone: its midnight UTC
+        assert len((await client.get(usage, params=days)).json()["rows"]) == 2
+        naive = await client.get(usage, params={"from": "2026-01-13T00:00:00"})
+        assert (naive.status_code, naive.json()["detail"]) == (422, "from must have a time zone")
         as_csv = await client.get(usage, headers={"Accept": "text/csv"})
         assert as_csv.headers["content-type"].startswith("text/csv")
         lines = as_csv.text.splitlines()
