@@ -7,6 +7,7 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,13 +16,17 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from metering.db import DATABASE_UNAVAILABLE
+from metering.edges import BodyLimit, BodyLimits
 from metering.metrics import HTTP_REQUEST_COUNT, HTTP_REQUEST_SECONDS
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 PROBLEM_JSON = "application/problem+json"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 NO_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 """Metrics are Prometheus's (`/metrics`): FastAPI need not look for OpenTelemetry providers
 on every request."""
@@ -111,6 +116,41 @@ def bearer_guard(tokens: Sequence[str]) -> Callable[[Request], Awaitable[None]]:
     return guard
 
 
+def http_problem(error: StarletteHTTPException) -> JSONResponse:
+    """The problem+json form of an HTTP error raised by the framework or a middleware
+    (400 unparseable body, 404 unknown route, 405 method, 408, 413), with its headers."""
+    status = error.status_code
+    title = _TITLES.get(status) or HTTPStatus(status).phrase
+    detail = error.detail if isinstance(error.detail, str) else HTTPStatus(status).description
+    response = problem(status, title, detail)
+    for name, value in (error.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+_TITLES = {413: "Body too large", 408: "Body timeout"}
+
+
+async def _http_problem(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    return http_problem(error)
+
+
+DATABASE_RETRY_AFTER = "2"
+
+
+async def _database_unavailable(_request: Request, _error: Exception) -> Response:
+    """A database that does not answer within its timeouts: 503, try again shortly."""
+    response = problem(
+        503,
+        "Database unavailable",
+        "the database did not answer in time; nothing was changed by this request "
+        "unless it was confirmed. Retry it (it is idempotent)",
+    )
+    response.headers["Retry-After"] = DATABASE_RETRY_AFTER
+    return response
+
+
 async def _unauthorized_problem(_request: Request, error: Exception) -> Response:
     response = problem(401, "Unauthorized", str(getattr(error, "detail", error)))
     response.headers["WWW-Authenticate"] = "Bearer"
@@ -156,11 +196,13 @@ def create_app(
     readiness: Readiness,
     version: str = "0.1.0",
     hot_paths: Sequence[Middleware] = (),
+    body_limits: BodyLimits | None = None,
 ) -> FastAPI:
     """A FastAPI app with the endpoints every service shares.
 
     `hot_paths` are pure ASGI middleware that answer their own few requests before FastAPI's
-    routing (counted and timed like every other request, inside `RequestMetrics`).
+    routing (counted and timed like every other request, inside `RequestMetrics`), behind
+    `BodyLimit` (default: `MAX_BODY_BYTES`'s default for every route).
     """
     app = FastAPI(
         title=f"metering {service}",
@@ -171,8 +213,12 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(ValidationError, _validation_problem)
     app.add_exception_handler(Unauthorized, _unauthorized_problem)
+    app.add_exception_handler(StarletteHTTPException, _http_problem)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
     for hot_path in reversed(hot_paths):  # each one added wraps those added before it
         app.add_middleware(hot_path.cls, *hot_path.args, **hot_path.kwargs)
+    app.add_middleware(BodyLimit, limits=body_limits or BodyLimits(DEFAULT_MAX_BODY_BYTES))
     app.add_middleware(RequestMetrics, component=service)
 
     @app.get("/healthz", tags=["operations"], summary="The process is alive")

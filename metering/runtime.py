@@ -102,7 +102,11 @@ class ServiceRuntime:
         applied = await migrate_url(self.settings.database_url)
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
-        self._pool = await create_pool(self.settings.database_url)
+        self._pool = await create_pool(
+            self.settings.database_url,
+            statement_timeout=self.settings.database_statement_timeout_seconds,
+            acquire_timeout=self.settings.database_acquire_timeout_seconds,
+        )
         try:
             await self.broker.start()
             for worker in self._workers:

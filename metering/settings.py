@@ -6,6 +6,8 @@ at start with the variable named and what would be accepted.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -13,9 +15,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering.core.ratecard import RateCard, RateCardError, load_rate_card
+from metering.edges import BodyLimits, TrustedProxies
 from metering.topics import DLQ, EVENTS, LEDGER, SEAT_STATUS
+from schemas.api import MAX_BATCH
 
 DEFAULT_RATE_CARD = Path(__file__).parent / "ratecards" / "default.yaml"
+USAGE_REPORT_BUDGET_BYTES = 4096
+"""Bytes a usage report may take in a batch: 5 ids of up to 200 characters and the rest."""
 
 
 class Settings(BaseSettings):
@@ -72,6 +78,47 @@ class Settings(BaseSettings):
         20, ge=1, description="failed API keys one client address may present per minute"
     )
 
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="largest request body a route takes (413 beyond), counted while it is read",
+    )
+    max_batch_body_bytes: int = Field(
+        MAX_BATCH * USAGE_REPORT_BUDGET_BYTES,
+        ge=1024,
+        description="largest body of POST /v1/usage/batch: its item limit times a report's "
+        "budget (4 KiB)",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection must send a request's headers within this time"
+    )
+    http_body_timeout_seconds: float = Field(
+        15.0, gt=0, description="longest wait for the next piece of a request body (408)"
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="an idle keep-alive connection is closed after this"
+    )
+    http_limit_concurrency: int = Field(
+        1000, ge=1, description="connections and requests in flight before 503 Service Unavailable"
+    )
+    database_statement_timeout_seconds: float = Field(
+        10.0, gt=0, description="longest a database statement may take (then 503)"
+    )
+    database_acquire_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest wait for a pooled database connection (then 503)"
+    )
+    trusted_proxy_hops: int = Field(
+        0,
+        ge=0,
+        description="how many reverse proxies in front of the service append to "
+        "X-Forwarded-For; 0: the peer address is the client",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses or CIDR networks of reverse proxies whose "
+        "X-Forwarded-For is believed; empty: none",
+    )
+
     def tokens(self, *names: str) -> list[str]:
         """The values of the named token settings that are set (for `bearer_guard`)."""
         values = (getattr(self, name) for name in names)
@@ -90,6 +137,30 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
+        return value
+
+    def proxies(self) -> TrustedProxies:
+        """Whose `X-Forwarded-For` to believe (`TRUSTED_PROXY_HOPS`, `TRUSTED_PROXIES`)."""
+        networks = [
+            ipaddress.ip_network(e.strip(), strict=False)
+            for e in self.trusted_proxies.split(",")
+            if e.strip()
+        ]
+        return TrustedProxies(self.trusted_proxy_hops, networks)
+
+    def body_limits(self, per_route: Mapping[tuple[str, str], int] | None = None) -> BodyLimits:
+        """`MAX_BODY_BYTES` for every route but those given, and the body timeout."""
+        return BodyLimits(self.max_body_bytes, per_route or {}, self.http_body_timeout_seconds)
 
     @field_validator("database_url")
     @classmethod

@@ -28,7 +28,13 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ADMIN_TOKEN = "test-admin-token"
-SECRETS = {"METERING_ADMIN_TOKEN": ADMIN_TOKEN, "API_KEY_HASH_SECRET": "test-key-hash-secret"}
+SECRETS = {
+    "METERING_ADMIN_TOKEN": ADMIN_TOKEN,
+    "API_KEY_HASH_SECRET": "test-key-hash-secret",
+    # The tests stand in for the gateway (on loopback, or behind a 10.x proxy they name in
+    # X-Forwarded-For): quota believes the client addresses they forward.
+    "TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8",
+}
 
 
 @pytest.fixture(scope="session")

@@ -62,9 +62,17 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     runtime.add_worker(consumer)
     runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
     limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
-    authorizer = Authorizer(projection.directory, card, key_hash_secret, limiter, clock)
+    authorizer = Authorizer(
+        projection.directory, card, key_hash_secret, limiter, clock, settings.proxies()
+    )
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
-    app = create_app("quota", runtime.lifespan, runtime.readiness, hot_paths=hot_paths)
+    app = create_app(
+        "quota",
+        runtime.lifespan,
+        runtime.readiness,
+        hot_paths=hot_paths,
+        body_limits=settings.body_limits(),
+    )
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(quota_router(projection.directory, authorizer, clock, guard))
     return app
