@@ -4,7 +4,8 @@
 hot paths'): a declared `Content-Length` over the route's limit is refused with 413 before a
 byte of the body is read, and a body without one (chunked) is counted while it is read and
 refused as soon as it passes the limit, so a 300 MB upload costs at most the limit in memory.
-A body whose next piece does not arrive within the body timeout is refused with 408.
+A body whose next piece does not arrive within the body timeout is refused with 408, and a
+NUL in the path or the query (which PostgreSQL cannot hold) with 400.
 
 `client_address` says who the caller is for rate limits: the peer address, unless the peer is
 a trusted reverse proxy (`TRUSTED_PROXIES`) or a fixed number of them stands in front
@@ -68,6 +69,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if _has_nul(scope):
+            await _refuse(BadTarget(), scope, send)
+            return
         limit = self.limits.limit(scope["method"], scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -101,6 +105,18 @@ class BodyLimit:
             if started:
                 raise
             await _refuse(refused, scope, send)
+
+
+class BadTarget(HTTPException):
+    """A NUL in the path or the query: nothing can be named by it (400)."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "the path or the query contains a NUL character")
+
+
+def _has_nul(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"\x00" in query or b"%00" in query
 
 
 def _content_length(scope: Scope) -> int | None:
