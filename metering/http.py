@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -22,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metering.db import DATABASE_UNAVAILABLE
 from metering.edges import BodyLimit, BodyLimits
-from metering.metrics import HTTP_REQUEST_COUNT, HTTP_REQUEST_SECONDS
+from metering.metrics import HTTP_REQUEST_COUNT, HTTP_REQUEST_SECONDS, configure_per_subscription
+from metering.settings import Settings
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 PROBLEM_JSON = "application/problem+json"
@@ -190,6 +193,50 @@ class RequestMetrics:
             )
 
 
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Who may read `/metrics` on the API's port: with `METRICS_TOKEN`, whoever presents it;
+    with `METRICS_PORT`, nobody (it is served there); otherwise loopback callers only."""
+
+    token: str | None = None
+    elsewhere: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> MetricsAccess:
+        tokens = settings.tokens("metrics_token")
+        return cls(tokens[0] if tokens else None, settings.metrics_port is not None)
+
+    def refusal(self, request: Request) -> Response | None:
+        if self.elsewhere:
+            return problem(
+                404, "Not Found", "metrics are served on the internal port", code="not_found"
+            )
+        if self.token is not None:
+            scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                presented.strip().encode(), self.token.encode()
+            ):
+                return None
+            response = problem(401, "Unauthorized", "metrics need the METRICS_TOKEN bearer token")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        peer = request.client.host if request.client else ""
+        if _loopback(peer):
+            return None
+        return problem(
+            403,
+            "Metrics private",
+            "set METRICS_TOKEN or METRICS_PORT to scrape metrics from another host",
+        )
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(
     service: str,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
@@ -197,13 +244,22 @@ def create_app(
     version: str = "0.1.0",
     hot_paths: Sequence[Middleware] = (),
     body_limits: BodyLimits | None = None,
+    settings: Settings | None = None,
 ) -> FastAPI:
     """A FastAPI app with the endpoints every service shares.
 
     `hot_paths` are pure ASGI middleware that answer their own few requests before FastAPI's
     routing (counted and timed like every other request, inside `RequestMetrics`), behind
-    `BodyLimit` (default: `MAX_BODY_BYTES`'s default for every route).
+    `BodyLimit` (default: `settings.body_limits()`). `settings` also say who may read
+    `/metrics` and whether per-subscription series are kept.
     """
+    metrics_access = MetricsAccess.of(settings) if settings else MetricsAccess()
+    if settings is not None:
+        body_limits = body_limits or settings.body_limits()
+        configure_per_subscription(
+            enabled=settings.metrics_per_subscription,
+            cap=settings.metrics_subscription_series_max,
+        )
     app = FastAPI(
         title=f"metering {service}",
         version=version,
@@ -231,8 +287,15 @@ def create_app(
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
-    async def metrics() -> Response:
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics (private: METRICS_TOKEN, METRICS_PORT or loopback only)",
+    )
+    async def metrics(request: Request) -> Response:
+        refused = metrics_access.refusal(request)
+        if refused is not None:
+            return refused
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

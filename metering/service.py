@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import prometheus_client
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -22,6 +23,8 @@ def serve(service: str, build_app: Callable[[Settings], FastAPI]) -> None:
     # uvicorn drains, then re-raises the stop signal it caught: a finished stop exits with 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_after_graceful_stop)
+    if settings.metrics_port is not None:  # an internal port of its own (a thread)
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     uvicorn.run(build_app(settings), **server_options(settings))
 
 

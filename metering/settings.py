@@ -119,6 +119,25 @@ class Settings(BaseSettings):
         "X-Forwarded-For is believed; empty: none",
     )
 
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="bearer token Prometheus presents for /metrics; without it (and without "
+        "METRICS_PORT) /metrics answers loopback callers only",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve /metrics on this internal port instead of the API's",
+    )
+    metrics_host: str = Field("0.0.0.0", description="interface of METRICS_PORT")
+    metrics_per_subscription: bool = Field(
+        False, description="export per-subscription series (customers' ids and spend)"
+    )
+    metrics_subscription_series_max: int = Field(
+        100, ge=1, description="at most this many subscriptions get per-subscription series"
+    )
+
     def tokens(self, *names: str) -> list[str]:
         """The values of the named token settings that are set (for `bearer_guard`)."""
         values = (getattr(self, name) for name in names)

@@ -36,9 +36,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     runtime.add_worker(relay)
     runtime.add_worker(consumer)
-    app = create_app(
-        "ledger", runtime.lifespan, runtime.readiness, body_limits=settings.body_limits()
-    )
+    app = create_app("ledger", runtime.lifespan, runtime.readiness, settings=settings)
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(ledger_router(card, pool, guard))
     return app

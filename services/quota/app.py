@@ -71,7 +71,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
         runtime.lifespan,
         runtime.readiness,
         hot_paths=hot_paths,
-        body_limits=settings.body_limits(),
+        settings=settings,
     )
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(quota_router(projection.directory, authorizer, clock, guard))

@@ -374,6 +374,20 @@ def test_service_monitor_scrapes_every_service(rendered: Render) -> None:
             assert endpoint["port"] in [port["name"] for port in svc["spec"]["ports"]]
 
 
+def test_metrics_are_scraped_with_the_services_metrics_token(rendered: Render) -> None:
+    """/metrics is private: Prometheus presents the same secret the services check."""
+    [monitor] = rendered.all("ServiceMonitor")
+    for service in SERVICES:
+        container = container_of(rendered.workload(service))
+        [token] = [var for var in container["env"] if var["name"] == "METRICS_TOKEN"]
+        secret = token["valueFrom"]["secretKeyRef"]
+        for endpoint in monitor["spec"]["endpoints"]:
+            credentials = endpoint["authorization"]["credentials"]
+            assert endpoint["authorization"]["type"] == "Bearer"
+            assert (credentials["name"], credentials["key"]) == (secret["name"], secret["key"])
+            assert not secret.get("optional", False), service
+
+
 def test_every_contract_topic_is_a_kafka_topic(rendered: Render) -> None:
     config = rendered.config()
     expected = contract_topics(int(config["EVENTS_PARTITIONS"]))
