@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,6 +38,16 @@ _DENIED = {status: {"model": AuthorizeDenied} for status in (400, 401, 403, 404,
 
 
 AUTHORIZE_PATH = "/v1/authorize"
+MEMBER_API_KEY = HTTPBearer(
+    auto_error=False,
+    scheme_name="memberApiKey",
+    description="a member's API key (sk-tp-...): authorize answers 401 itself when it is "
+    "missing or not valid",
+)
+
+
+def _schema(model: type[Contract]) -> dict[str, object]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
 class Authorizer:
@@ -133,10 +144,11 @@ def quota_router(
         summary="May this member API key call this model now?",
         response_model=AuthorizeAllowed,
         responses=_DENIED,  # type: ignore[arg-type]
+        dependencies=[Depends(MEMBER_API_KEY)],
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": AuthorizeRequest.model_json_schema()}},
+                "content": {"application/json": {"schema": _schema(AuthorizeRequest)}},
             }
         },
     )

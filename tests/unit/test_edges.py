@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from metering.http import Readiness, create_app
+from metering.http import Readiness, create_app, problem_code
 from metering.metrics import PerSubscription
+from metering.problems import CATALOGUE, document
 from metering.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
@@ -91,3 +96,58 @@ def test_per_subscription_series_stop_at_their_cap(
     assert "sub-9" in generate_latest(registry).decode()
     with pytest.raises(KeyError):
         metric.remove("sub-5", "standard")
+
+
+async def test_unknown_routes_and_methods_answer_problems_with_a_code() -> None:
+    app = app_with()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        unknown = await client.get("/nope")
+        wrong_method = await client.delete("/healthz")
+        nul = await client.get("/healthz", params={"x": "a\x00b"})
+        too_large = await client.post("/healthz", content=b"x" * (2 * 1024 * 1024))
+    for answer, status, code in [
+        (unknown, 404, "not_found"),
+        (wrong_method, 405, "method_not_allowed"),
+        (nul, 400, "bad_request"),
+        (too_large, 413, "body_too_large"),
+    ]:
+        assert answer.status_code == status, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == code
+        assert answer.json()["type"] == f"/problems/{code}"
+    assert wrong_method.headers["allow"] == "GET"
+
+
+async def test_a_problem_type_resolves_to_the_page_of_its_code() -> None:
+    app = app_with()
+    for code in CATALOGUE:
+        page = await get(app, f"/problems/{code}")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/markdown")
+        assert f"`{code}`" in page.text
+    assert (await get(app, "/problems/no_such_code")).status_code == 404
+
+
+def test_docs_problems_md_is_generated_from_the_catalogue() -> None:
+    assert (ROOT / "docs" / "problems.md").read_text() == document(), (
+        "docs/problems.md is out of date: python -m metering.problems > docs/problems.md"
+    )
+
+
+_TITLED = re.compile(
+    r'(?:problem|DirectoryError)\(\s*(\d{3}),\s*"([^"]+)"|"title": "([^"]+)"'
+    r'|problem\([^)]*?code="([a-z_]+)"'
+)
+
+
+def test_every_problem_the_services_answer_is_in_the_catalogue() -> None:
+    """Each literal title or code of a problem in the code has its page (docs/problems.md)."""
+    found = set()
+    for source in [*(ROOT / "services").rglob("*.py"), *(ROOT / "metering").rglob("*.py")]:
+        for match in _TITLED.finditer(source.read_text()):
+            title, item_title, code = match.group(2), match.group(3), match.group(4)
+            found.add(code or problem_code(title or item_title))
+    found |= {"bad_request", "method_not_allowed", "not_found", "body_too_large", "body_timeout"}
+    missing = found - set(CATALOGUE)
+    assert not missing, f"add these codes to metering/problems.py: {sorted(missing)}"
