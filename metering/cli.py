@@ -71,7 +71,12 @@ def topics_create() -> None:
     settings = load_settings()
     specs = contract_topics(settings.events_partitions)
     created = asyncio.run(
-        ensure_topics(settings.kafka_bootstrap_servers, specs, settings.topic_replication_factor)
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            specs,
+            settings.topic_replication_factor,
+            settings.kafka_options(),
+        )
     )
     typer.echo("created: " + ", ".join(created) if created else "all topics exist")
 
@@ -82,7 +87,9 @@ def topics_list() -> None:
     settings = load_settings()
 
     async def describe() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_options()
+        )
         await admin.start()
         try:
             return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
@@ -176,7 +183,10 @@ def replay_command(
     kafka = None
     if source is LogSourceName.kafka:
         kafka = KafkaSource(
-            settings.kafka_bootstrap_servers, settings.events_topic, settings.ledger_consumer_group
+            settings.kafka_bootstrap_servers,
+            settings.events_topic,
+            settings.ledger_consumer_group,
+            settings.kafka_options(),
         )
     started = time.monotonic()
     try:

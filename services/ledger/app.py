@@ -27,6 +27,7 @@ def build_app(settings: Settings) -> FastAPI:
     topics = LedgerTopics(settings.ledger_topic, settings.dlq_topic)
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_options=settings.kafka_options(),
         topic=settings.events_topic,
         group=settings.ledger_consumer_group,
         client_id="metering-ledger",

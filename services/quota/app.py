@@ -50,6 +50,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     )
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_options=settings.kafka_options(),
         topic=settings.events_topic,
         group=settings.quota_consumer_group,
         client_id="metering-quota",

@@ -388,6 +388,22 @@ def test_metrics_are_scraped_with_the_services_metrics_token(rendered: Render) -
             assert not secret.get("optional", False), service
 
 
+def test_a_network_policy_admits_only_the_http_port_of_every_service(rendered: Render) -> None:
+    [policy] = rendered.all("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    for service in SERVICES:
+        workload = rendered.workload(service)
+        assert selects(spec["podSelector"], pod_labels(workload)), service
+        http = [p for p in container_of(workload)["ports"] if p["name"] == "http"]
+        assert http, service
+    for rule in spec["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+        assert rule["from"], "an ingress rule without sources admits everyone"
+        for source in rule["from"]:
+            assert "ipBlock" not in source
+
+
 def test_every_contract_topic_is_a_kafka_topic(rendered: Render) -> None:
     config = rendered.config()
     expected = contract_topics(int(config["EVENTS_PARTITIONS"]))
