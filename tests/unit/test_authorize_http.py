@@ -182,3 +182,11 @@ def test_client_address(
     proxies: TrustedProxies, peer: str, forwarded: str | None, client: str
 ) -> None:
     assert proxies.client_address(peer, forwarded) == client
+
+
+async def test_the_key_is_checked_before_the_body_is_read() -> None:
+    """A caller without a valid key gets its 401 whatever it sent: the body is not parsed."""
+    for key, code in [(None, "missing_api_key"), ("sk-tp-nobody", "invalid_api_key")]:
+        answer = await both(NOW, b"\x00 not JSON at all", key)
+        assert answer.status_code == 401
+        assert answer.json()["code"] == code
