@@ -158,7 +158,12 @@ def topics_create() -> None:
     specs = contract_topics(settings.events_partitions)
     created = _on_kafka(
         settings,
-        ensure_topics(settings.kafka_bootstrap_servers, specs, settings.topic_replication_factor),
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            specs,
+            settings.topic_replication_factor,
+            settings.kafka_options(),
+        ),
     )
     typer.echo("created: " + ", ".join(created) if created else "all topics exist")
 
@@ -169,7 +174,9 @@ def topics_list() -> None:
     settings = _settings()
 
     async def describe() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_options()
+        )
         await admin.start()
         try:
             return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
@@ -270,7 +277,10 @@ def replay_command(
     kafka = None
     if source is LogSourceName.kafka:
         kafka = KafkaSource(
-            settings.kafka_bootstrap_servers, settings.events_topic, settings.ledger_consumer_group
+            settings.kafka_bootstrap_servers,
+            settings.events_topic,
+            settings.ledger_consumer_group,
+            settings.kafka_options(),
         )
     started = time.monotonic()
     try:

@@ -24,9 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -192,8 +192,10 @@ class ProjectionConsumer(BackgroundLoop):
         metrics: ConsumerMetrics,
         max_records: int = 1000,
         stuck_after: StuckAfter = StuckAfter(),
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self._kafka_options = dict(kafka_options or {})
         self.name = f"consume {topic}"
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
@@ -229,6 +231,7 @@ class ProjectionConsumer(BackgroundLoop):
             auto_offset_reset="earliest",
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            **self._kafka_options,
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self._consumer.start()

@@ -19,8 +19,21 @@ SCHEMA_VERSION = 1
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-IDENTIFIER_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
-"""1 to 200 characters, none of them a control character (PostgreSQL cannot store NUL)."""
+IDENTIFIER_MAX_LENGTH = 200
+_INVISIBLE = (
+    r"\x00-\x1f\x7f-\x9f"  # C0 controls, DEL, C1 controls (PostgreSQL cannot store NUL)
+    r"\u00ad\u061c\u180e"  # soft hyphen, Arabic letter mark, Mongolian vowel separator
+    r"\u200b-\u200f"  # zero-width space, non-joiner, joiner; left-to-right/right-to-left marks
+    r"\u2028-\u202e"  # line and paragraph separators; bidi embeddings and overrides
+    r"\u2060-\u206f"  # word joiner, invisible operators, bidi isolates, deprecated formats
+    r"\ufeff\ufff9-\ufffb"  # zero-width no-break space (BOM), interlinear annotations
+)
+IDENTIFIER_PATTERN = rf"^[^{_INVISIBLE}]{{1,{IDENTIFIER_MAX_LENGTH}}}$"
+"""1 to 200 characters, none of them invisible or able to reorder what is shown: no control
+character (C0, DEL, C1), no bidi mark, embedding, override or isolate, no zero-width or other
+format character, no line or paragraph separator. Ids are shown to people (consoles, CSV
+exports, statements) and compared byte for byte: two ids must never look alike by hiding
+characters or by reordering them (README, "Identifiers")."""
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 EventId = Annotated[
     str,

@@ -65,7 +65,14 @@ def build_app(settings: Settings) -> FastAPI:
         """
         await _accept_records(intake, runtime, message.raw_message, settings.dlq_topic)
 
-    app = create_app("ingest", runtime.lifespan, runtime.readiness)
+    batch_limit = {("POST", "/v1/usage/batch"): settings.max_batch_body_bytes}
+    app = create_app(
+        "ingest",
+        runtime.lifespan,
+        runtime.readiness,
+        body_limits=settings.body_limits(batch_limit),
+        settings=settings,
+    )
     app.state.intake = intake
     app.include_router(build_router(settings, key_hash_secret, now))
     install_error_handlers(app)

@@ -230,7 +230,7 @@ def _usage_result(claimed: Claimed, report_id: str) -> UsageResult:
                     "request_id",
                     f"'{report_id}' was already used for a different report "
                     f"(event {claimed.event_id}); a retry must resend the same body",
-                    "conflict",
+                    "conflicting_report",
                 )
             ],
         )

@@ -24,6 +24,7 @@ from ledger.usage import (
     csv_rows,
     decode_cursor,
     encode_cursor,
+    in_utc,
     usage_row,
 )
 from metering.core.money import to_decimal_string as credits
@@ -122,22 +123,32 @@ def ledger_router(
         from `cursor` on, streamed. `from` is inclusive, `to` exclusive; a date alone
         (`2026-11-29`) means its midnight UTC."""
         since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
-        for name, value in (("from", since), ("to", until)):
-            if value is not None and value.tzinfo is None:
+        bounds: dict[str, datetime | None] = {"from": since, "to": until}
+        for name, value in bounds.items():
+            if value is None:
+                continue
+            if value.tzinfo is None:
                 return problem(422, "Invalid request", f"{name} must have a time zone")
+            try:
+                bounds[name] = in_utc(value)
+            except ValueError as error:
+                return problem(422, "Invalid request", f"{name}: {error}")
         try:
             after = decode_cursor(cursor) if cursor else None
         except BadCursor as error:
             return problem(422, "Invalid request", str(error))
-        where = UsageFilter(subscription_id, since, until, seat_id, model)
+        where = UsageFilter(subscription_id, bounds["from"], bounds["to"], seat_id, model)
         async with pool().acquire() as conn:
             if await _account_of(conn, subscription_id) is None:
                 return _unknown_subscription(subscription_id)
             if format == "csv" or (
                 format is None and "text/csv" in request.headers.get("accept", "")
             ):
+                # The first page is read before the answer starts: what the filters or the
+                # database refuse is a 4xx/5xx problem, never a 200 cut short.
+                first = await _deductions(conn, where, after, CSV_PAGE)
                 return StreamingResponse(
-                    _csv_pages(pool, where, after),
+                    _csv_pages(pool, where, first),
                     media_type="text/csv; charset=utf-8",
                     headers={
                         "Content-Disposition": f'attachment; filename="usage-{subscription_id}.csv"'
@@ -177,6 +188,8 @@ def ledger_router(
                 _, start, end = subscription_month(sub, month)
             except MonthOutsideSubscription as error:
                 return problem(422, "Invalid request", str(error))
+            except (ValueError, OverflowError):  # a month whose end is past year 9999
+                return problem(422, "Invalid request", f"month {month} is out of range")
             usage_rows = await conn.fetch(_MONTH_USAGE, subscription_id, start, end)
             packs_since = min((p.purchased_at for p in sub.packs), default=start)
             pack_rows = await conn.fetch(_PACK_PAID, subscription_id, start, end, packs_since)
@@ -266,17 +279,18 @@ async def _deductions(
 
 
 async def _csv_pages(
-    pool: Callable[[], asyncpg.Pool], where: UsageFilter, after: tuple[datetime, str] | None
+    pool: Callable[[], asyncpg.Pool], where: UsageFilter, rows: list[UsageRow]
 ) -> AsyncIterator[str]:
+    """The header and `rows` (the first page, already read), then the pages after them."""
     yield csv_header()
     while True:
-        async with pool().acquire() as conn:
-            rows = await _deductions(conn, where, after, CSV_PAGE)
         if rows:
             yield csv_rows(rows)
         if len(rows) < CSV_PAGE:
             return
         after = rows[-1].deducted_at, rows[-1].event_id
+        async with pool().acquire() as conn:
+            rows = await _deductions(conn, where, after, CSV_PAGE)
 
 
 _MONTH_USAGE = """

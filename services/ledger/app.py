@@ -27,6 +27,7 @@ def build_app(settings: Settings) -> FastAPI:
     topics = LedgerTopics(settings.ledger_topic, settings.dlq_topic)
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_options=settings.kafka_options(),
         topic=settings.events_topic,
         group=settings.ledger_consumer_group,
         client_id="metering-ledger",
@@ -39,7 +40,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     runtime.add_worker(relay)
     runtime.add_worker(consumer)
-    app = create_app("ledger", runtime.lifespan, runtime.readiness)
+    app = create_app("ledger", runtime.lifespan, runtime.readiness, settings=settings)
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(ledger_router(card, pool, guard))
     return app

@@ -50,6 +50,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     )
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_options=settings.kafka_options(),
         topic=settings.events_topic,
         group=settings.quota_consumer_group,
         client_id="metering-quota",
@@ -65,9 +66,17 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     runtime.add_worker(consumer)
     runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
     limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
-    authorizer = Authorizer(projection.directory, card, key_hash_secret, limiter, clock)
+    authorizer = Authorizer(
+        projection.directory, card, key_hash_secret, limiter, clock, settings.proxies()
+    )
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
-    app = create_app("quota", runtime.lifespan, runtime.readiness, hot_paths=hot_paths)
+    app = create_app(
+        "quota",
+        runtime.lifespan,
+        runtime.readiness,
+        hot_paths=hot_paths,
+        settings=settings,
+    )
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(quota_router(projection.directory, authorizer, clock, guard))
     return app

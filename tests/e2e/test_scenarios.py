@@ -347,7 +347,7 @@ async def test_an_account_holds_one_active_subscription(
     refused = await ingest.post("/v1/subscriptions", json=second)
     assert refused.status_code == 409, refused.text
     assert refused.json() == {
-        "type": "about:blank",
+        "type": "/problems/account_already_subscribed",
         "title": "Account already subscribed",
         "status": 409,
         "detail": f"account '{team.account_id}' already has an active subscription "
@@ -574,7 +574,7 @@ async def test_a_repeated_report_counts_once_and_a_conflicting_one_is_refused(
     assert refused.status_code == 409, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json() == {
-        "type": "about:blank",
+        "type": "/problems/conflicting_report",
         "title": "Conflicting report",
         "status": 409,
         "detail": conflict,

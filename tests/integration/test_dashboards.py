@@ -33,7 +33,7 @@ from metering.dev import run_services, wait_until_ready
 from metering.processes import die_with_parent, free_port, free_port_run, stop_process
 from metering.stack import Stack, start_stack
 from metering.topics import EVENTS, USAGE_REPORTS
-from tests.conftest import ADMIN_TOKEN, SECRETS
+from tests.conftest import ADMIN_TOKEN, METRICS_TOKEN, SECRETS
 from tests.deploy.test_rules import (
     DASHBOARDS,
     RULES,
@@ -79,7 +79,12 @@ def running_prometheus(binary: str, tmp_path: Path, targets: dict[str, list[str]
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES)],
                 "scrape_configs": [
-                    {"job_name": job, "static_configs": [{"targets": hosts}]}
+                    {
+                        "job_name": job,
+                        "static_configs": [{"targets": hosts}],
+                        # /metrics is private: Prometheus presents the services' METRICS_TOKEN
+                        "authorization": {"type": "Bearer", "credentials": METRICS_TOKEN},
+                    }
                     for job, hosts in targets.items()
                 ],
             }

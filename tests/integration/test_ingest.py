@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from metering.stack import Stack
 from metering.topics import DLQ, EVENTS, USAGE_REPORTS
 from schemas.envelope import parse_event
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, METRICS
 from tests.integration.kafka_reading import read_until
 
 pytestmark = pytest.mark.integration
@@ -281,7 +281,7 @@ def test_metrics_count_results_and_reasons(ingest: httpx.Client) -> None:
     ingest.post("/v1/usage", json=usage(account, "m-1"))
     ingest.post("/v1/usage", json=usage(account, "m-2", model="gpt-9"))
     ingest.post("/v1/usage", json=usage(account, "m-3", input_tokens=-5))
-    text = ingest.get("/metrics").text
+    text = ingest.get("/metrics", headers=METRICS).text
     for line in (
         'metering_ingest_usage_reports_total{result="accepted"}',
         'metering_ingest_usage_reports_total{result="invalid"}',

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
+import io
 import os
 import random
 import signal
@@ -518,7 +520,7 @@ async def test_quote_usage_and_statement_over_http(
             tool_calls={"search": 2},
         ),
         facts.usage(start + timedelta(days=4), "s1", credits=26_000),
-        facts.usage(start + timedelta(days=35), "s2", credits=10),
+        facts.usage(start + timedelta(days=35), "s2", credits=10, request_id="=1+2"),
     ]
     await produce(
         env.stack.kafka_bootstrap_servers,
@@ -601,6 +603,29 @@ async def test_quote_usage_and_statement_over_http(
         assert february["requests"] == 1
         before = await client.get("/v1/subscriptions/sub-1/statement", params={"month": "2025-12"})
         assert before.status_code == 422
+
+        # a spreadsheet opening the export runs no formula (OWASP CSV injection)
+        exported = list(csv.DictReader(io.StringIO(as_csv.text)))
+        assert exported[0]["request_id"] == "'=1+2"
+
+        # every bad input is a 4xx problem, never a 500 (nor a 200 cut short)
+        extreme = [
+            {"from": "0001-01-01T00:00:00+01:00"},
+            {"to": "9999-12-31T23:59:59-14:00"},
+            {"cursor": base64.urlsafe_b64encode(b'["2026-01-01T00:00:00Z", "x"]').decode()},
+            {"seat_id": "s\x001"},
+        ]
+        bad = [
+            *[(usage, params) for params in extreme],
+            *[(usage, {**params, "format": "csv"}) for params in extreme],
+            ("/v1/subscriptions/sub-1/statement", {"month": "9999-12"}),
+            ("/v1/subscriptions/sub%00-1/usage", {}),
+        ]
+        for path, params in bad:
+            answer = await client.get(path, params=params)
+            assert 400 <= answer.status_code < 500, (path, params, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json", answer.text
+            assert answer.json()["code"], answer.text
 
 
 def test_a_bad_rate_card_stops_the_ledger_with_its_message(stack: Stack, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from metering.core.calendar import add_months
 from metering.stack import Stack
 from metering.topics import SEAT_STATUS
 from schemas.envelope import parse_seat_status
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, METRICS
 from tests.integration.kafka_reading import read_until
 
 pytestmark = pytest.mark.integration
@@ -408,7 +408,7 @@ def test_many_failed_keys_from_one_client_are_slowed_down_but_valid_keys_pass(
     assert int(answers[-1].headers["Retry-After"]) >= 1
     valid = {"Authorization": f"Bearer {ready_team.key(1)}", **client}
     assert quota.post("/v1/authorize", json={"model": "glm-5"}, headers=valid).status_code == 200
-    metrics = quota.get("/metrics").text
+    metrics = quota.get("/metrics", headers=METRICS).text
     assert 'metering_quota_authorize_decisions_total{code="too_many_failed_keys"' in metrics
     assert "metering_quota_authorize_seconds_bucket" in metrics
     assert "metering_quota_staleness_seconds" in metrics
