@@ -380,7 +380,7 @@ async def test_an_account_holds_one_active_subscription(
         "Edition subscription"
     )
     assert refused.json() == {
-        "type": "/problems/account_already_subscribed",
+        "type": "/problems/account_has_active_subscription",
         "title": "Account already subscribed",
         "status": 409,
         "detail": detail,

@@ -159,17 +159,17 @@ def drive_load(services: dict[str, str], stack: Stack) -> None:
         ]
         assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid"]
 
-        team.use(1, 6, **BIG_USAGE)  # the seat's month and the pack, and shortfall
+        team.use(1, 465, **BIG_USAGE)  # 651,000: the seat's month, the pack, and shortfall
         assert until(lambda: authorize(quota, team.key(1)), status_is(403)).status_code == 403
         assert authorize(quota, team.key(2)).status_code == 200
         unknown_key = {"Authorization": "Bearer sk-tp-not-a-key", "X-Forwarded-For": "192.0.2.1"}
         denied = quota.post("/v1/authorize", json={"model": "qwen3.6-plus"}, headers=unknown_key)
         assert denied.status_code == 401, denied.text  # from an address of its own: no 429
         deducted = until(  # the ledger applied this round before the next one begins
-            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage"),
-            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 7,
+            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage?limit=1000"),
+            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 466,
         )
-        assert len(deducted.json()["rows"]) == 7, deducted.text
+        assert len(deducted.json()["rows"]) == 466, deducted.text
 
     asyncio.run(_produce_around_ingest(stack, team.account))
 
