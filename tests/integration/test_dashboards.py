@@ -44,7 +44,7 @@ from tests.deploy.test_rules import (
     tool,
     variable_queries,
 )
-from tests.integration.test_ingest import usage
+from tests.integration.test_ingest import team, usage
 from tests.integration.test_ingest_resilience import embedded_broker_process
 from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
 from tests.unit.event_builders import Facts
@@ -193,11 +193,14 @@ async def _produce_around_ingest(stack: Stack, account: str) -> None:
 
 
 def refuse_with_503(replica: str, stack: Stack) -> None:
-    """A usage report to an ingest replica whose broker is paused: 503 after 5 s."""
+    """A usage report (of a real team's key) to an ingest replica whose broker is paused: 503
+    after 5 s."""
+    with httpx.Client(base_url=replica, headers=AUTH, timeout=30) as ingest:
+        account = team(ingest, "outage")
     broker = embedded_broker_process(stack)
     broker.send_signal(signal.SIGSTOP)
     try:
-        report = usage(f"outage-{uuid.uuid4().hex[:8]}", "during")
+        report = usage(account, "during")
         refused = httpx.post(f"{replica}/v1/usage", json=report, headers=AUTH, timeout=30)
         assert refused.status_code == 503, refused.text
     finally:
