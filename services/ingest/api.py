@@ -248,6 +248,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         key_id = f"key-{uuid.uuid4().hex[:16]}"
         secret = new_api_key()
+        hashed = key_hash(secret, key_hash_secret)
         command = PlanCommand(
             scope="key",
             key=idempotency_key or key_id,
@@ -257,11 +258,11 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
                 subscription_id=subscription_id,
                 seat_id=seat_id,
                 key_id=key_id,
-                key_hash=key_hash(secret, key_hash_secret),
+                key_hash=hashed,
             ),
             occurred_at=now,
             recorded_at=now,
-            apply_to_directory=directory.issue_key(subscription_id, seat_id, key_id, now),
+            apply_to_directory=directory.issue_key(subscription_id, seat_id, key_id, now, hashed),
             response={"key_id": key_id},
         )
         result = await _command(intake, command)

@@ -1,7 +1,9 @@
 """The ledger's HTTP API: quotes, usage details, monthly statements and fact lookups.
 
-Every call needs a bearer token (the admin or the read token): the usage and statements
-are the team's data, and the operator-set prices of the rate card are commercial ones.
+Every call needs a bearer token (the admin or the read token, or a team token for its own
+account's data: metering/scopes.py): the usage and statements are the team's data, and the
+operator-set prices of the rate card are commercial ones. A member's API key reads its own
+seat's usage (`GET /v1/me/usage`). What a scope may not read answers `404`, like an unknown id.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from metering.core.pricing import UnpriceableUsage, price
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.db import Connection
 from metering.http import problem
+from metering.scopes import Scope
 from metering.snapshots import load_snapshot
 from metering.statement import (
     MonthOutsideSubscription,
@@ -59,6 +62,16 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
+class UsageQuery:
+    since: datetime | None
+    until: datetime | None
+    model: str | None
+    cursor: str | None
+    limit: int
+    format: Literal["json", "csv"] | None
+
+
+@dataclass(frozen=True)
 class UsageFilter:
     subscription_id: str
     since: datetime | None
@@ -70,13 +83,15 @@ class UsageFilter:
 def ledger_router(
     card: RateCard,
     pool: Callable[[], asyncpg.Pool],
-    guard: Callable[[Request], Awaitable[None]],
+    reader: Callable[..., Awaitable[Scope]],
+    member: Callable[..., Awaitable[Scope]],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(guard)], responses=_PROBLEMS, tags=["ledger"])
+    router = APIRouter(responses=_PROBLEMS, tags=["ledger"])
+    read_scope, member_scope = Depends(reader), Depends(member)
 
     @router.post("/v1/quote", response_model=QuoteResponse, summary="Price a request")
-    async def quote(body: QuoteRequest) -> Response:
+    async def quote(body: QuoteRequest, _scope: Scope = read_scope) -> Response:
         at = body.at or clock()
         try:
             model = card.in_force(at).models.get(body.model)
@@ -111,6 +126,7 @@ def ledger_router(
     async def usage(
         request: Request,
         subscription_id: str,
+        scope: Scope = read_scope,
         since: Annotated[datetime | None, Query(alias="from")] = None,
         until: Annotated[datetime | None, Query(alias="to")] = None,
         seat_id: str | None = None,
@@ -122,6 +138,46 @@ def ledger_router(
         """JSON pages of `limit` rows; as CSV (`format=csv` or `Accept: text/csv`) every row
         from `cursor` on, streamed. `from` is inclusive, `to` exclusive; a date alone
         (`2026-11-29`) means its midnight UTC."""
+        query = UsageQuery(since, until, model, cursor, limit, format)
+        return await _usage(request, scope, subscription_id, seat_id, query)
+
+    @router.get(
+        "/v1/me/usage",
+        response_model=UsagePage,
+        summary="A member's own usage: its seat's rows, newest first (with its API key)",
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    async def my_usage(
+        request: Request,
+        scope: Scope = member_scope,
+        since: Annotated[datetime | None, Query(alias="from")] = None,
+        until: Annotated[datetime | None, Query(alias="to")] = None,
+        model: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        format: Literal["json", "csv"] | None = None,
+    ) -> Response:
+        """The usage rows of the caller's own seat (`Authorization: Bearer sk-tp-…`), with
+        the same filters, pages and CSV as a subscription's usage."""
+        query = UsageQuery(since, until, model, cursor, limit, format)
+        assert scope.subscription_id is not None
+        return await _usage(request, scope, scope.subscription_id, scope.seat_id, query)
+
+    async def _usage(
+        request: Request,
+        scope: Scope,
+        subscription_id: str,
+        seat_id: str | None,
+        query: UsageQuery,
+    ) -> Response:
+        since, until, model, cursor, limit, format = (
+            query.since,
+            query.until,
+            query.model,
+            query.cursor,
+            query.limit,
+            query.format,
+        )
         since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
         bounds: dict[str, datetime | None] = {"from": since, "to": until}
         for name, value in bounds.items():
@@ -139,7 +195,8 @@ def ledger_router(
             return problem(422, "Invalid request", str(error))
         where = UsageFilter(subscription_id, bounds["from"], bounds["to"], seat_id, model)
         async with pool().acquire() as conn:
-            if await _account_of(conn, subscription_id) is None:
+            account_id = await _account_of(conn, subscription_id)
+            if account_id is None or not scope.reads_seat(account_id, seat_id):
                 return _unknown_subscription(subscription_id)
             if format == "csv" or (
                 format is None and "text/csv" in request.headers.get("accept", "")
@@ -171,6 +228,7 @@ def ledger_router(
     async def statement(
         subscription_id: str,
         month: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-05"])],
+        scope: Scope = read_scope,
     ) -> Response:
         """The subscription month that starts in calendar `month` (YYYY-MM)."""
         async with (
@@ -178,6 +236,8 @@ def ledger_router(
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             account_id = await _account_of(conn, subscription_id)
+            if not scope.reads_account(account_id):
+                account_id = None
             state_text = account_id and await conn.fetchval(
                 "SELECT state::text FROM ledger_accounts WHERE account_id = $1", account_id
             )
@@ -206,12 +266,12 @@ def ledger_router(
         response_model=FactStatus,
         summary="Where did my fact go: accepted, applied or rejected, with its ledger entries",
     )
-    async def event(event_id: str) -> Response:
+    async def event(event_id: str, scope: Scope = read_scope) -> Response:
         known = parse_event_id(event_id)
         if known is not None:
             async with pool().acquire() as conn, _snapshot(conn):
                 found = await LookupStore(conn).event(known)
-            if found is not None:
+            if found is not None and scope.reads_account(found.account_id):
                 return Response(found.model_dump_json(), media_type="application/json")
         return problem(404, "Not found", f"no fact has event id '{event_id}'", code="unknown_event")
 
@@ -220,9 +280,11 @@ def ledger_router(
         response_model=FactStatus,
         summary="Where did my usage report go, by its request id",
     )
-    async def request(account_id: str, request_id: str) -> Response:
-        async with pool().acquire() as conn, _snapshot(conn):
-            found = await LookupStore(conn).request(account_id, request_id)
+    async def request(account_id: str, request_id: str, scope: Scope = read_scope) -> Response:
+        found = None
+        if scope.reads_account(account_id):
+            async with pool().acquire() as conn, _snapshot(conn):
+                found = await LookupStore(conn).request(account_id, request_id)
         if found is None:
             return problem(
                 404,

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from metering.http import bearer_guard, create_app
+from metering.http import create_app
 from metering.outbox import OutboxRelay
 from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
+from metering.scopes import MEMBER_ONLY, ScopeResolver, scope_guard
 from metering.settings import Settings
 from quota import metrics
 from quota.api import AuthorizeFastPath, Authorizer, quota_router
@@ -77,6 +78,9 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
         hot_paths=hot_paths,
         settings=settings,
     )
-    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
-    app.include_router(quota_router(projection.directory, authorizer, clock, guard))
+    resolver = ScopeResolver(
+        settings.tokens("metering_admin_token", "metering_read_token"), pool, key_hash_secret
+    )
+    reader, member = scope_guard(resolver), scope_guard(resolver, MEMBER_ONLY)
+    app.include_router(quota_router(projection.directory, authorizer, clock, reader, member))
     return app
