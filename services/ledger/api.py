@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ledger.lookup import LookupStore, parse_event_id
+from ledger.store import PostgresLedgerStore
 from ledger.usage import (
     BadCursor,
     csv_header,
@@ -245,10 +246,7 @@ def _unknown_subscription(subscription_id: str) -> JSONResponse:
 
 
 async def _account_of(conn: Connection, subscription_id: str) -> str | None:
-    account_id: str | None = await conn.fetchval(
-        "SELECT account_id FROM ledger_subscriptions WHERE subscription_id = $1", subscription_id
-    )
-    return account_id
+    return await PostgresLedgerStore(conn).subscription_account(subscription_id)
 
 
 async def _deductions(

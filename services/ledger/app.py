@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from ledger import metrics
 from ledger.api import ledger_router
-from ledger.projection import OUTBOX, LedgerProjection, LedgerTopics
+from ledger.projection import LedgerProjection, LedgerTopics
+from ledger.store import OUTBOX
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
 from metering.projection import ProjectionConsumer, StuckAfter
