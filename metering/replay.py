@@ -24,6 +24,7 @@ import orjson
 from metering.core.fold import fold
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
+from metering.core.receipts import paid_by_bucket, paid_by_pack
 from metering.core.state import AccountState, Subscription
 from metering.core.views import subscription_view
 from metering.eventlog import LogRead, LogReadError, read_log
@@ -274,10 +275,9 @@ async def _compare_chunk(
         report.events += len(events)
         state, results = ledger_results(events, card)
         report.credits_deducted_micro += sum(
-            line["amount_micro"]
+            paid_by_bucket(r.payload.receipt).total_micro
             for r in results
             if r.event_type == "CreditsDeducted"
-            for line in r.payload.receipt
         )
         stored = stored_entries.get(account_id, {})
         if not report.final_states_compared:  # --until: only the entries of replayed events
@@ -450,18 +450,16 @@ def statement_from_results(sub: Subscription, month: str, results: list[Any]) ->
             continue
         if result.occurred_at >= end:
             continue
-        paid = {"seat": 0, "pack": 0}
-        for line in p.receipt:
-            paid[line["bucket"]] += line["amount_micro"]
-            if line["bucket"] == "pack":
-                before = pack_paid[line["bucket_id"]]
-                before[1] += line["amount_micro"]
-                if result.occurred_at < start:
-                    before[0] += line["amount_micro"]
+        for pack_id, micro in paid_by_pack(p.receipt).items():
+            before = pack_paid[pack_id]
+            before[1] += micro
+            if result.occurred_at < start:
+                before[0] += micro
         if result.occurred_at >= start:
+            paid = paid_by_bucket(p.receipt)
             sums = usage[p.seat_id, p.model]
             for index, micro in enumerate(
-                (1, p.price_micro, paid["seat"], paid["pack"], p.shortfall_micro)
+                (1, p.price_micro, paid.seat_micro, paid.packs_micro, p.shortfall_micro)
             ):
                 sums[index] += micro
     return build_statement(
