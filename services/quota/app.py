@@ -22,8 +22,9 @@ from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 from quota import metrics
 from quota.api import AuthorizeFastPath, Authorizer, quota_router
-from quota.projection import OUTBOX, QuotaProjection
+from quota.projection import QuotaProjection
 from quota.ratelimit import FailedKeyLimiter
+from quota.store import OUTBOX
 from quota.timer import SeatStatusTimer
 
 
