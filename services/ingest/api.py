@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from ingest import directory
 from ingest.acceptance import Outcome
-from ingest.facts import FieldProblem
 from ingest.intake import (
     CommandResult,
     Intake,
@@ -21,6 +20,7 @@ from ingest.intake import (
     UsageResult,
     count_usage,
 )
+from ingest.rules import FieldProblem
 from metering.apikeys import key_hash, new_api_key
 from metering.http import bearer_guard, problem
 from metering.publishing import BrokerUnavailable

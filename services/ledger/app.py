@@ -13,9 +13,9 @@ from ledger import metrics
 from ledger.api import ledger_router
 from ledger.projection import LedgerProjection, LedgerTopics
 from ledger.store import OUTBOX
+from metering.consumer import ProjectionConsumer, StuckAfter
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 

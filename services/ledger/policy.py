@@ -26,11 +26,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from ledger.store import month_start
+from metering.consumer import Record
 from metering.core.fold import apply
 from metering.core.ratecard import RateCard
 from metering.core.receipts import paid_by_bucket
 from metering.core.state import AccountState
-from metering.projection import Record
 from metering.publishing import Outgoing
 from schemas.envelope import FactEvent, ResultEvent, parse_event
 

@@ -38,11 +38,11 @@ from ledger.store import (
     PostgresLedgerStore,
     StaleAccountState,
 )
+from metering.consumer import Record
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
 from metering.db import Connection
 from metering.deadletters import dead_letter
-from metering.projection import Record
 from metering.publishing import Outgoing
 from metering.snapshots import snapshot_json
 

@@ -21,8 +21,8 @@ from metering.core.views import SeatView, SubscriptionView, seat_view, subscript
 from metering.edges import TrustedProxies
 from metering.http import problem, validation_problem
 from quota import metrics
+from quota.accounts import AccountIndex
 from quota.authorize import Decision, decide, key_holder, presented_key
-from quota.directory import Directory
 from quota.ratelimit import FailedKeyLimiter
 from schemas.api import (
     AuthorizeAllowed,
@@ -51,7 +51,7 @@ def _schema(model: type[Contract]) -> dict[str, object]:
 
 
 class Authorizer:
-    """Answers `POST /v1/authorize` from the directory, counting decisions and failed keys.
+    """Answers `POST /v1/authorize` from the account index, counting decisions and failed keys.
 
     Shared by the FastAPI route (the documented operation) and `AuthorizeFastPath` (what
     serves it in production), so both give the same answer by construction.
@@ -59,14 +59,14 @@ class Authorizer:
 
     def __init__(
         self,
-        directory: Directory,
+        index: AccountIndex,
         card: RateCard,
         key_hash_secret: str,
         limiter: FailedKeyLimiter,
         clock: Callable[[], datetime],
         proxies: TrustedProxies | None = None,
     ) -> None:
-        self._directory = directory
+        self._index = index
         self._card = card
         self._key_hash_secret = key_hash_secret
         self._limiter = limiter
@@ -83,7 +83,7 @@ class Authorizer:
         started = time.perf_counter()
         api_key = presented_key(request.headers.get("authorization"))
         now = self._clock()
-        holder = key_holder(self._directory, api_key, self._hash_key, now)
+        holder = key_holder(self._index, api_key, self._hash_key, now)
         if isinstance(holder, Decision):
             decision = holder
         else:
@@ -131,7 +131,7 @@ class AuthorizeFastPath:
 
 
 def quota_router(
-    directory: Directory,
+    index: AccountIndex,
     authorizer: Authorizer,
     clock: Callable[[], datetime],
     guard: Callable[[Request], Awaitable[None]],
@@ -164,7 +164,7 @@ def quota_router(
     )
     async def get_seat(seat_id: str) -> Response:
         now = clock()
-        state = directory.account_of_seat(seat_id)
+        state = index.account_of_seat(seat_id)
         seat = None if state is None else seat_view(state, seat_id, now)
         if seat is None:
             return problem(404, "Not Found", f"seat '{seat_id}' is not known")
@@ -179,7 +179,7 @@ def quota_router(
     )
     async def get_overview(subscription_id: str) -> Response:
         now = clock()
-        state = directory.account_of_subscription(subscription_id)
+        state = index.account_of_subscription(subscription_id)
         view = None if state is None else subscription_view(state, subscription_id, now)
         if view is None:
             return problem(404, "Not Found", f"subscription '{subscription_id}' is not known")

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from metering.consumer import ProjectionConsumer, StuckAfter
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 from quota import metrics
@@ -68,7 +68,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
     limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
     authorizer = Authorizer(
-        projection.directory, card, key_hash_secret, limiter, clock, settings.proxies()
+        projection.index, card, key_hash_secret, limiter, clock, settings.proxies()
     )
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
     app = create_app(
@@ -79,5 +79,5 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
         settings=settings,
     )
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
-    app.include_router(quota_router(projection.directory, authorizer, clock, guard))
+    app.include_router(quota_router(projection.index, authorizer, clock, guard))
     return app

@@ -24,15 +24,15 @@ from datetime import UTC, datetime
 import asyncpg
 from pydantic import ValidationError
 
+from metering.consumer import Record
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
 from metering.core.views import subscription_view
 from metering.db import Connection
-from metering.projection import Record
 from metering.publishing import Outgoing
 from metering.snapshots import snapshot_json
 from quota import metrics
-from quota.directory import Directory
+from quota.accounts import AccountIndex
 from quota.policy import QuotaBatch, fold_event
 from quota.seat_status import Published, next_status_change, status_changes, timer_envelope
 from quota.store import AccountRow, PostgresQuotaStore, QuotaStore
@@ -59,7 +59,7 @@ class QuotaProjection:
         on_commit: Callable[[], None],
         store: Callable[[Connection, str], QuotaStore] = PostgresQuotaStore,
     ) -> None:
-        self.directory = Directory()
+        self.index = AccountIndex()
         self._store_of = store
         self._card = card
         self._pool = pool
@@ -120,7 +120,7 @@ class QuotaProjection:
             batch.next_offsets[record.partition] = record.offset + 1
         outgoing = [self._fold(record, batch) for record in records]
         for account_id in batch.touched:
-            self.directory.put(account_id, self.directory.accounts[account_id])
+            self.index.put(account_id, self.index.accounts[account_id])
         await self._store_accounts(store, batch.touched, batch.deducted)
         await store.store_statuses(batch.published)
         await store.add_outgoing([m for messages in outgoing for m in messages])
@@ -163,7 +163,7 @@ class QuotaProjection:
             now = self._clock()
             notices: list[tuple[str, SeatStatusChanged]] = []
             for account_id in [a for a, due in self._due.items() if due <= now]:
-                state = self.directory.accounts.get(account_id)
+                state = self.index.accounts.get(account_id)
                 following = None if state is None else next_status_change(state, now)
                 if following is None:
                     del self._due[account_id]
@@ -202,10 +202,10 @@ class QuotaProjection:
             batch.unparseable += 1
             return []
         account_id = event.account_id
-        state = self.directory.accounts.get(account_id)
+        state = self.index.accounts.get(account_id)
         if state is None:
             state = AccountState()
-            self.directory.put(account_id, state)
+            self.index.put(account_id, state)
         self._partition_of[account_id] = record.partition
         changes = fold_event(state, event, self._card, self._published, batch)
         return [self._message(change) for change in changes]
@@ -216,7 +216,7 @@ class QuotaProjection:
         )
 
     def _hold(self, account_id: str, partition: int, state: AccountState) -> None:
-        self.directory.put(account_id, state)
+        self.index.put(account_id, state)
         self._partition_of[account_id] = partition
         self._due[account_id] = _DUE_NOW
 
@@ -227,7 +227,7 @@ class QuotaProjection:
         statuses = await store.statuses(list(stored))
         for account_id in [a for a, p in self._partition_of.items() if p == partition]:
             if account_id not in stored:
-                self.directory.drop(account_id)
+                self.index.drop(account_id)
                 del self._partition_of[account_id]
         for account_id, state in stored.items():
             self._hold(account_id, partition, state)
@@ -245,7 +245,7 @@ class QuotaProjection:
         added, to `quota_request_ids` (they only grow, and are most of a busy state)."""
         ordered = sorted(account_ids)
         rows = [
-            AccountRow(a, self._partition_of[a], snapshot_json(self.directory.accounts[a]))
+            AccountRow(a, self._partition_of[a], snapshot_json(self.index.accounts[a]))
             for a in ordered
         ]
         await store.store_accounts(rows, deducted)
@@ -254,7 +254,7 @@ class QuotaProjection:
         """Each active subscription's utilization now; an ended one leaves the gauge."""
         gauge = metrics.SUBSCRIPTION_UTILIZATION
         for account_id in account_ids:
-            state = self.directory.accounts.get(account_id)
+            state = self.index.accounts.get(account_id)
             if state is None:
                 continue
             for subscription_id in state.subscriptions:

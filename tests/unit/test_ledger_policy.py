@@ -14,9 +14,9 @@ from aiokafka.structs import ConsumerRecord
 from ledger.policy import Tally, not_yet_archived, parse
 from ledger.projection import LedgerProjection, LedgerTopics
 from ledger.store import MemoryLedgerStore, StaleAccountState
+from metering.consumer import Record
 from metering.core.fold import fold
 from metering.core.state import AccountState
-from metering.projection import Record
 from metering.snapshots import snapshot_json
 from schemas.envelope import FactEvent
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at

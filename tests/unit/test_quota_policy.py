@@ -99,7 +99,7 @@ async def test_a_batch_stores_states_request_ids_and_the_statuses_it_publishes()
     assert list(quota.store.request_ids) == [("acct-q", "r-all")]
     assert quota.statuses() == [("s1", "active"), ("s1", "suspended")]
     assert quota.store.published["s1"] == ("acct-q", Published("suspended", "quota_exhausted"))
-    assert quota.projection.directory.account_of_seat("s1") is not None
+    assert quota.projection.index.account_of_seat("s1") is not None
 
 
 async def test_a_status_already_published_is_not_published_again() -> None:
@@ -119,7 +119,7 @@ async def test_a_restart_loads_what_was_stored() -> None:
     again = Quota(first.store)
     await again.projection.start()
     assert again.projection.ready()
-    state = again.projection.directory.accounts["acct-s"]
+    state = again.projection.index.accounts["acct-s"]
     assert snapshot_json(state) == first.store.states["acct-s"][1]
     assert set(state.request_ids) == {"r-all"}
     # the stored status is known: the same status is not published twice

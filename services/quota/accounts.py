@@ -26,7 +26,7 @@ class _Entries:
     subscription_ids: list[str] = field(default_factory=list)
 
 
-class Directory:
+class AccountIndex:
     """Account states by id, plus key hash → its holder, seat → account and
     subscription → account. The fold mutates the states in place, so balances are always
     current; call `put` after a fact may have added keys, seats or subscriptions."""
