@@ -1,8 +1,8 @@
 """What every `LedgerStore` must do, as one abstract test class.
 
 Subclassed per implementation (the pattern of eventsourcing's tests/persistence.py):
-tests/unit/test_ledger_store.py runs it against `MemoryLedgerStore`, and
-tests/integration/test_ledger_store.py against `PostgresLedgerStore` on a migrated database.
+tests/unit/test_stores.py runs it against `MemoryLedgerStore`, and
+tests/integration/test_stores.py against `PostgresLedgerStore` on a migrated database.
 The subclass provides the `store` fixture (an empty store) and `outbox`.
 """
 

@@ -1,8 +1,8 @@
 """What every `QuotaStore` must do, as one abstract test class.
 
 Subclassed per implementation (the pattern of eventsourcing's tests/persistence.py):
-tests/unit/test_quota_store.py runs it against `MemoryQuotaStore`, and
-tests/integration/test_quota_store.py against `PostgresQuotaStore` on a migrated database.
+tests/unit/test_stores.py runs it against `MemoryQuotaStore`, and
+tests/integration/test_stores.py against `PostgresQuotaStore` on a migrated database.
 The subclass provides the `store` fixture (an empty store for one group) and `outbox`.
 """
 

@@ -3,50 +3,27 @@ PostgreSQL. (tests/integration/test_ledger.py runs the same projection for real.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
 
 from ledger.policy import Tally, not_yet_archived, parse
 from ledger.projection import LedgerProjection, LedgerTopics
 from ledger.store import MemoryLedgerStore, StaleAccountState
-from metering.consumer import Record
 from metering.core.fold import fold
 from metering.core.state import AccountState
 from metering.snapshots import snapshot_json
 from schemas.envelope import FactEvent
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at
+from tests.unit.projections import Transactions, records
 
 TOPICS = LedgerTopics(ledger="test.ledger", dlq="test.dlq")
 T0 = at("2026-01-10 09:00")
 
 
-def records(
-    events: Sequence[FactEvent | bytes], partition: int = 0, first: int = 0
-) -> list[Record]:
-    return [
-        ConsumerRecord(
-            "test.events",
-            partition,
-            first + offset,
-            0,
-            0,
-            b"key",
-            event if isinstance(event, bytes) else event.model_dump_json().encode(),
-            None,
-            3,
-            0,
-            (),
-        )
-        for offset, event in enumerate(events)
-    ]
-
-
-class Ledger:
+class Ledger(Transactions[MemoryLedgerStore, LedgerProjection]):
     """A projection over a memory store, with the consumer's commit and rollback."""
 
     def __init__(self, store: MemoryLedgerStore | None = None) -> None:
@@ -62,24 +39,6 @@ class Ledger:
             store=lambda _conn: self.store,
             on_tally=self.tallies.append,
         )
-
-    async def batch(self, batch: list[Record]) -> None:
-        """Apply and commit, or roll the store and the projection back and raise."""
-        before = self.store.copy()
-        try:
-            await self.projection.apply(None, batch)  # type: ignore[arg-type]
-        except Exception:
-            self.store = before
-            self.projection.rolled_back()
-            raise
-        self.projection.committed()
-
-    async def rolled_back_batch(self, batch: list[Record]) -> None:
-        """Apply, then fail to commit (as if the offsets' write failed)."""
-        before = self.store.copy()
-        await self.projection.apply(None, batch)  # type: ignore[arg-type]
-        self.store = before
-        self.projection.rolled_back()
 
     def state(self, account_id: str) -> Any:
         return orjson.loads(self.store.states[account_id][0])

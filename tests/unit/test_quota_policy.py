@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from metering.consumer import Record
 from metering.core.fold import fold
 from metering.snapshots import snapshot_json
 from quota.policy import QuotaBatch, fold_event
@@ -17,7 +18,7 @@ from quota.projection import QuotaProjection
 from quota.seat_status import Published
 from quota.store import MemoryQuotaStore
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at
-from tests.unit.test_ledger_policy import records
+from tests.unit.projections import Transactions, records
 
 T0 = at("2026-01-10 09:00")
 EVENTS = "test.events"
@@ -41,7 +42,7 @@ class _Pool:
         return conn()
 
 
-class Quota:
+class Quota(Transactions[MemoryQuotaStore, QuotaProjection]):
     """A quota projection over a memory store, with the consumer's commit and rollback."""
 
     def __init__(self, store: MemoryQuotaStore | None = None, now: datetime = T0) -> None:
@@ -58,26 +59,10 @@ class Quota:
             store=lambda _conn, _group: self.store,
         )
 
-    async def batch(self, events: list[Any], partition: int = 0, first: int = 0) -> None:
-        batch = records(events, partition, first)
-        before = self.store.copy()
-        try:
-            await self.projection.apply(None, batch)  # type: ignore[arg-type]
-        except Exception:
-            self.store = before
-            self.projection.rolled_back()
-            raise
+    def committing(self, batch: list[Record]) -> None:
         offsets = self.store.offsets.setdefault(EVENTS, {})
-        offsets[partition] = batch[-1].offset + 1  # the consumer's part of the transaction
-        self.projection.committed()
-
-    async def rolled_back_batch(
-        self, events: list[Any], partition: int = 0, first: int = 0
-    ) -> None:
-        before = self.store.copy()
-        await self.projection.apply(None, records(events, partition, first))  # type: ignore[arg-type]
-        self.store = before
-        self.projection.rolled_back()
+        for record in batch:
+            offsets[record.partition] = record.offset + 1
 
     def statuses(self) -> list[tuple[str, str]]:
         return [(m.key, orjson.loads(m.value)["payload"]["status"]) for m in self.store.outbox]
@@ -93,7 +78,7 @@ def exhausting(facts: Facts) -> list[Any]:
 async def test_a_batch_stores_states_request_ids_and_the_statuses_it_publishes() -> None:
     quota, facts = Quota(), Facts("acct-q")
     events = exhausting(facts)
-    await quota.batch(events)
+    await quota.batch(records(events))
     state = fold(events, DEFAULT_CARD)[0]
     assert quota.store.states["acct-q"] == (0, snapshot_json(state))
     assert list(quota.store.request_ids) == [("acct-q", "r-all")]
@@ -115,7 +100,7 @@ async def test_a_status_already_published_is_not_published_again() -> None:
 async def test_a_restart_loads_what_was_stored() -> None:
     first, facts = Quota(), Facts("acct-s")
     events = exhausting(facts)
-    await first.batch(events)
+    await first.batch(records(events))
     again = Quota(first.store)
     await again.projection.start()
     assert again.projection.ready()
@@ -124,7 +109,7 @@ async def test_a_restart_loads_what_was_stored() -> None:
     assert set(state.request_ids) == {"r-all"}
     # the stored status is known: the same status is not published twice
     later = facts.usage(T0 + timedelta(hours=2), "s1", credits=1)
-    await again.batch([later], first=len(events))
+    await again.batch(records([later], first=len(events)))
     assert again.statuses() == first.statuses()
 
 
@@ -132,15 +117,15 @@ async def test_a_rolled_back_batch_is_reloaded_from_the_store_before_the_next() 
     quota, facts = Quota(), Facts("acct-r")
     team = facts.team(T0, ("s1", "standard"))
     usage = [facts.usage(T0 + timedelta(hours=1), "s1", credits=10)]
-    await quota.batch(team)
-    await quota.rolled_back_batch(usage, first=len(team))
-    await quota.batch(usage, first=len(team))  # read again from the stored offset
+    await quota.batch(records(team))
+    await quota.rolled_back_batch(records(usage, first=len(team)))
+    await quota.batch(records(usage, first=len(team)))  # read again from the stored offset
     assert quota.store.states["acct-r"][1] == snapshot_json(fold(team + usage, DEFAULT_CARD)[0])
 
 
 async def test_the_timer_publishes_what_time_changed_and_stores_it() -> None:
     quota, facts = Quota(), Facts("acct-t")
-    await quota.batch(exhausting(facts))
+    await quota.batch(records(exhausting(facts)))
     assert await quota.projection.publish_time_changes() == 0  # nothing due yet
     quota.now = at("2026-02-10 09:00:01")  # the month rolled over
     assert await quota.projection.publish_time_changes() == 1
@@ -150,8 +135,8 @@ async def test_the_timer_publishes_what_time_changed_and_stores_it() -> None:
 
 async def test_request_ids_past_their_memory_are_forgotten() -> None:
     quota, facts = Quota(), Facts("acct-f")
-    await quota.batch(exhausting(facts))
+    await quota.batch(records(exhausting(facts)))
     assert await quota.projection.forget_request_ids() == 0
     later = at("2026-02-20 09:00")
-    await quota.batch([facts.buy_pack(later, "p1")], first=5)
+    await quota.batch(records([facts.buy_pack(later, "p1")], first=5))
     assert await quota.projection.forget_request_ids() == 1
