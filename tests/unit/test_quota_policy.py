@@ -116,11 +116,12 @@ async def test_a_restart_loads_what_was_stored() -> None:
 async def test_a_rolled_back_batch_is_reloaded_from_the_store_before_the_next() -> None:
     quota, facts = Quota(), Facts("acct-r")
     team = facts.team(T0, ("s1", "standard"))
-    usage = [facts.usage(T0 + timedelta(hours=1), "s1", credits=10)]
+    usage = [facts.usage(T0 + timedelta(hours=1), "s1", credits=10, request_id="r-1")]
     await quota.batch(records(team))
     await quota.rolled_back_batch(records(usage, first=len(team)))
     await quota.batch(records(usage, first=len(team)))  # read again from the stored offset
     assert quota.store.states["acct-r"][1] == snapshot_json(fold(team + usage, DEFAULT_CARD)[0])
+    assert list(quota.store.request_ids) == [("acct-r", "r-1")]  # charged, not a duplicate
 
 
 async def test_the_timer_publishes_what_time_changed_and_stores_it() -> None:
