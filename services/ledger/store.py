@@ -14,14 +14,20 @@ The tables (metering/migrations/0003_ledger.sql and later):
   that every write must advance by exactly one (a fence against a second writer);
 - ``ledger_subscriptions``: which account holds a subscription (the first activation wins);
 - ``ledger_outbox``: the results still to publish (metering/outbox.py relays them).
+
+`LedgerReads` holds the reads of the ledger's API (usage details, statements) and of the
+audit replay (metering/replay.py); `ledger/lookup.py` keeps the "where did my fact go" reads,
+which join ingest's table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import asyncpg
 
 from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.state import AccountState
@@ -319,3 +325,171 @@ def month_start(t: datetime) -> datetime:
     """The first instant (UTC) of `t`'s calendar month: its archive partition."""
     t = t.astimezone(UTC)
     return datetime(t.year, t.month, 1, tzinfo=UTC)
+
+
+# -- reads: the API and the audit -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    subscription_id: str
+    since: datetime | None
+    until: datetime | None
+    seat_id: str | None
+    model: str | None
+
+
+_IN_SCOPE = """
+WHERE (cardinality($1::text[]) = 0 OR account_id = ANY($1::text[]))
+  AND ($2::timestamptz IS NULL OR recorded_at <= $2)
+"""
+
+_MONTH_USAGE = """
+SELECT seat_id, model, count(*) AS requests, sum(price_micro)::bigint AS price_micro,
+       sum(seat_paid_micro)::bigint AS seat_paid_micro,
+       sum(packs_paid_micro)::bigint AS packs_paid_micro,
+       sum(shortfall_micro)::bigint AS shortfall_micro
+FROM ledger_entries
+WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
+  AND occurred_at >= $2 AND occurred_at < $3
+GROUP BY seat_id, model
+"""
+
+_PACK_PAID = """
+SELECT line->>'bucket_id' AS pack_id,
+       coalesce(sum((line->>'amount_micro')::bigint) FILTER (WHERE e.occurred_at < $2), 0)::bigint
+           AS before_start,
+       sum((line->>'amount_micro')::bigint)::bigint AS before_end
+FROM ledger_entries e, jsonb_array_elements(e.body->'payload'->'receipt') AS line
+WHERE e.subscription_id = $1 AND e.event_type = 'CreditsDeducted' AND e.packs_paid_micro > 0
+  AND e.occurred_at >= $4 AND e.occurred_at < $3 AND line->>'bucket' = 'pack'
+GROUP BY 1
+"""
+"""The SQL twin of `metering.core.receipts.paid_by_pack`, summed over a period."""
+
+
+class LedgerReads:
+    """The ledger's read queries, on a connection (in the caller's snapshot, if any)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def subscription_account(self, subscription_id: str) -> str | None:
+        return await PostgresLedgerStore(self._conn).subscription_account(subscription_id)
+
+    async def state_text(self, account_id: str) -> str | None:
+        """An account's stored state (`snapshot_json`), without its request ids."""
+        text: str | None = await self._conn.fetchval(
+            "SELECT state::text FROM ledger_accounts WHERE account_id = $1", account_id
+        )
+        return text
+
+    async def deduction_bodies(
+        self, where: UsageFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[str]:
+        """The JSON bodies of the `CreditsDeducted` entries `where` selects, newest first,
+        from after the (time, event id) `after`."""
+        rows = await self._conn.fetch(
+            """
+            SELECT body::text AS body FROM ledger_entries
+            WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
+              AND ($2::timestamptz IS NULL OR occurred_at >= $2)
+              AND ($3::timestamptz IS NULL OR occurred_at < $3)
+              AND ($4::text IS NULL OR seat_id = $4)
+              AND ($5::text IS NULL OR model = $5)
+              AND ($6::timestamptz IS NULL OR (occurred_at, event_id) < ($6, $7::uuid))
+            ORDER BY occurred_at DESC, event_id DESC
+            LIMIT $8
+            """,
+            where.subscription_id,
+            where.since,
+            where.until,
+            where.seat_id,
+            where.model,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return [row["body"] for row in rows]
+
+    async def month_usage(
+        self, subscription_id: str, start: datetime, end: datetime
+    ) -> list[asyncpg.Record]:
+        """Per seat and model: requests, price, seat-paid, pack-paid and shortfall sums."""
+        return await self._conn.fetch(_MONTH_USAGE, subscription_id, start, end)
+
+    async def pack_paid(
+        self, subscription_id: str, start: datetime, end: datetime, since: datetime
+    ) -> list[asyncpg.Record]:
+        """Per pack: what it paid before `start` and before `end` (deductions from `since`)."""
+        return await self._conn.fetch(_PACK_PAID, subscription_id, start, end, since)
+
+    # the audit replay
+
+    async def archived_count(self, accounts: Sequence[str], until: datetime | None) -> int:
+        """How many archived events of `accounts` (all if empty) were recorded by `until`."""
+        count = await self._conn.fetchval(
+            f"SELECT count(*) FROM ledger_events_archive {_IN_SCOPE}", list(accounts), until
+        )
+        return int(count)
+
+    async def archived_events(
+        self, accounts: Sequence[str], until: datetime | None, prefetch: int
+    ) -> AsyncIterator[asyncpg.Record]:
+        """(account_id, value) of those events, per account in the order the ledger applied
+        them, through a server-side cursor (in a transaction)."""
+        query = (
+            f"SELECT account_id, value FROM ledger_events_archive {_IN_SCOPE} "
+            'ORDER BY account_id, partition, "offset"'
+        )
+        async for row in self._conn.cursor(query, list(accounts), until, prefetch=prefetch):
+            yield row
+
+    async def entries_of(self, accounts: Sequence[str]) -> list[asyncpg.Record]:
+        """(account_id, id, source, body) of every entry of `accounts`."""
+        return await self._conn.fetch(
+            "SELECT account_id, event_id::text AS id, source_event_id::text AS source, "
+            "body::text AS body FROM ledger_entries WHERE account_id = ANY($1::text[])",
+            list(accounts),
+        )
+
+    async def states_of(self, accounts: Sequence[str]) -> dict[str, str]:
+        """The stored state of each of `accounts` that has one."""
+        rows = await self._conn.fetch(
+            "SELECT account_id, state::text AS state FROM ledger_accounts "
+            "WHERE account_id = ANY($1::text[])",
+            list(accounts),
+        )
+        return {row["account_id"]: row["state"] for row in rows}
+
+    async def beyond(
+        self, replayed: Sequence[str], requested: Sequence[str]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """The states (account ids) and entries (account id, entry id) of accounts not in
+        `replayed`, among `requested` (all if empty)."""
+        scope = (
+            "NOT account_id = ANY($1::text[]) "
+            "AND (cardinality($2::text[]) = 0 OR account_id = ANY($2::text[]))"
+        )
+        states = await self._conn.fetch(
+            f"SELECT account_id FROM ledger_accounts WHERE {scope}", list(replayed), list(requested)
+        )
+        entries = await self._conn.fetch(
+            f"SELECT account_id, event_id::text AS id FROM ledger_entries WHERE {scope}",
+            list(replayed),
+            list(requested),
+        )
+        return [r["account_id"] for r in states], [(r["account_id"], r["id"]) for r in entries]
+
+    async def activating_accounts(self, subscription_id: str) -> list[str]:
+        """The archived accounts with a `SubscriptionActivated` of `subscription_id`."""
+        rows = await self._conn.fetch(
+            """
+            SELECT DISTINCT account_id FROM ledger_events_archive
+            WHERE event_type = 'SubscriptionActivated'
+              AND convert_from(value, 'UTF8')::jsonb #>> '{payload,subscription_id}' = $1
+            ORDER BY account_id
+            """,
+            subscription_id,
+        )
+        return [row["account_id"] for row in rows]
