@@ -155,12 +155,14 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         )
         return await _plan(
             intake,
-            now,
-            payload,
-            key=body.subscription_id,
-            body=body.model_dump(mode="json"),
-            change=directory.open_subscription(body, now),
-            occurred_at=min(body.started_at, now),
+            _plan_command(
+                now,
+                payload,
+                key=body.subscription_id,
+                body=body.model_dump(mode="json"),
+                change=directory.open_subscription(body, now),
+                occurred_at=min(body.started_at, now),
+            ),
         )
 
     @router.post(
@@ -174,11 +176,13 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         return await _plan(
             intake,
-            now,
-            SeatAdded(subscription_id=subscription_id, **body.model_dump()),
-            key=body.seat_id,
-            body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
-            change=directory.add_seat(subscription_id, body.seat_id, body.tier, now),
+            _plan_command(
+                now,
+                SeatAdded(subscription_id=subscription_id, **body.model_dump()),
+                key=body.seat_id,
+                body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
+                change=directory.add_seat(subscription_id, body.seat_id, body.tier, now),
+            ),
         )
 
     @router.patch(
@@ -197,11 +201,13 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         return await _plan(
             intake,
-            now,
-            SeatTierChanged(subscription_id=subscription_id, seat_id=seat_id, tier=body.tier),
-            key=idempotency_key or str(uuid.uuid4()),
-            body={"seat_id": seat_id, **body.model_dump(mode="json")},
-            change=directory.change_tier(subscription_id, seat_id, body.tier, now),
+            _plan_command(
+                now,
+                SeatTierChanged(subscription_id=subscription_id, seat_id=seat_id, tier=body.tier),
+                key=idempotency_key or str(uuid.uuid4()),
+                body={"seat_id": seat_id, **body.model_dump(mode="json")},
+                change=directory.change_tier(subscription_id, seat_id, body.tier, now),
+            ),
         )
 
     @router.delete(
@@ -214,11 +220,13 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         return await _plan(
             intake,
-            now,
-            SeatRemoved(subscription_id=subscription_id, seat_id=seat_id),
-            key=seat_id,
-            body={"subscription_id": subscription_id, "seat_id": seat_id},
-            change=directory.remove_seat(subscription_id, seat_id, now),
+            _plan_command(
+                now,
+                SeatRemoved(subscription_id=subscription_id, seat_id=seat_id),
+                key=seat_id,
+                body={"subscription_id": subscription_id, "seat_id": seat_id},
+                change=directory.remove_seat(subscription_id, seat_id, now),
+            ),
         )
 
     @router.post(
@@ -270,11 +278,13 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         return await _plan(
             intake,
-            now,
-            ApiKeyRevoked(key_id=key_id),
-            key=key_id,
-            body={"key_id": key_id},
-            change=directory.revoke_key(key_id, now),
+            _plan_command(
+                now,
+                ApiKeyRevoked(key_id=key_id),
+                key=key_id,
+                body={"key_id": key_id},
+                change=directory.revoke_key(key_id, now),
+            ),
         )
 
     @router.post(
@@ -288,12 +298,14 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         return await _plan(
             intake,
-            now,
-            SharedPackPurchased(subscription_id=subscription_id, **body.model_dump()),
-            key=body.pack_id,
-            body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
-            change=directory.buy_pack(subscription_id, body.purchased_at, now, purchases),
-            occurred_at=min(body.purchased_at, now),
+            _plan_command(
+                now,
+                SharedPackPurchased(subscription_id=subscription_id, **body.model_dump()),
+                key=body.pack_id,
+                body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
+                change=directory.buy_pack(subscription_id, body.purchased_at, now, purchases),
+                occurred_at=min(body.purchased_at, now),
+            ),
         )
 
     @router.post(
@@ -308,12 +320,14 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         return await _plan(
             intake,
-            now,
-            SubscriptionCancelled(subscription_id=subscription_id, at=body.at),
-            key=subscription_id,
-            body=body.model_dump(mode="json"),
-            change=directory.cancel_subscription(subscription_id, body.at, now, skew),
-            occurred_at=min(body.at, now),
+            _plan_command(
+                now,
+                SubscriptionCancelled(subscription_id=subscription_id, at=body.at),
+                key=subscription_id,
+                body=body.model_dump(mode="json"),
+                change=directory.cancel_subscription(subscription_id, body.at, now, skew),
+                occurred_at=min(body.at, now),
+            ),
         )
 
     return router
@@ -371,21 +385,9 @@ def _plan_command(
     )
 
 
-async def _plan(
-    intake: Intake,
-    now: datetime,
-    payload: Contract,
-    *,
-    key: str,
-    body: object,
-    change: Callable[[Connection], Awaitable[str]],
-    occurred_at: datetime | None = None,
-) -> Response:
-    """Accept a plan command (`_plan_command`) and answer it."""
-    command = _plan_command(
-        now, payload, key=key, body=body, change=change, occurred_at=occurred_at
-    )
-    return await _command_answer(intake, command, created=PLAN_RULES[type(payload)].created)
+async def _plan(intake: Intake, command: PlanCommand) -> Response:
+    """Accept a plan command and answer it as its fact's rule says."""
+    return await _command_answer(intake, command, created=PLAN_RULES[type(command.payload)].created)
 
 
 async def _accept_reports(intake: Intake, documents: list[Any]) -> list[UsageResult]:
