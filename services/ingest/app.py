@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from ingest import metrics
 from ingest.access import access_router
 from ingest.api import build_router, install_error_handlers
-from ingest.facts import UsageWindow
 from ingest.intake import Intake
+from ingest.rules import UsageWindow
 from metering.deadletters import dead_letter
 from metering.http import create_app
 from metering.loops import BackgroundLoop, wait_for_event

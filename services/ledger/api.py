@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ledger.lookup import LookupStore, parse_event_id
+from ledger.store import LedgerReads, UsageFilter
 from ledger.usage import (
     BadCursor,
     csv_header,
@@ -69,15 +70,6 @@ class UsageQuery:
     cursor: str | None
     limit: int
     format: Literal["json", "csv"] | None
-
-
-@dataclass(frozen=True)
-class UsageFilter:
-    subscription_id: str
-    since: datetime | None
-    until: datetime | None
-    seat_id: str | None
-    model: str | None
 
 
 def ledger_router(
@@ -238,9 +230,7 @@ def ledger_router(
             account_id = await _account_of(conn, subscription_id)
             if not scope.reads_account(account_id):
                 account_id = None
-            state_text = account_id and await conn.fetchval(
-                "SELECT state::text FROM ledger_accounts WHERE account_id = $1", account_id
-            )
+            state_text = account_id and await LedgerReads(conn).state_text(account_id)
             sub = state_text and load_snapshot(state_text).subscriptions.get(subscription_id)
             if not sub:
                 return _unknown_subscription(subscription_id)
@@ -250,9 +240,10 @@ def ledger_router(
                 return problem(422, "Invalid request", str(error))
             except (ValueError, OverflowError):  # a month whose end is past year 9999
                 return problem(422, "Invalid request", f"month {month} is out of range")
-            usage_rows = await conn.fetch(_MONTH_USAGE, subscription_id, start, end)
+            reads = LedgerReads(conn)
+            usage_rows = await reads.month_usage(subscription_id, start, end)
             packs_since = min((p.purchased_at for p in sub.packs), default=start)
-            pack_rows = await conn.fetch(_PACK_PAID, subscription_id, start, end, packs_since)
+            pack_rows = await reads.pack_paid(subscription_id, start, end, packs_since)
         body = build_statement(
             sub,
             month,
@@ -307,37 +298,14 @@ def _unknown_subscription(subscription_id: str) -> JSONResponse:
 
 
 async def _account_of(conn: Connection, subscription_id: str) -> str | None:
-    account_id: str | None = await conn.fetchval(
-        "SELECT account_id FROM ledger_subscriptions WHERE subscription_id = $1", subscription_id
-    )
-    return account_id
+    return await LedgerReads(conn).subscription_account(subscription_id)
 
 
 async def _deductions(
     conn: Connection, where: UsageFilter, after: tuple[datetime, str] | None, limit: int
 ) -> list[UsageRow]:
-    rows = await conn.fetch(
-        """
-        SELECT body::text AS body FROM ledger_entries
-        WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
-          AND ($2::timestamptz IS NULL OR occurred_at >= $2)
-          AND ($3::timestamptz IS NULL OR occurred_at < $3)
-          AND ($4::text IS NULL OR seat_id = $4)
-          AND ($5::text IS NULL OR model = $5)
-          AND ($6::timestamptz IS NULL OR (occurred_at, event_id) < ($6, $7::uuid))
-        ORDER BY occurred_at DESC, event_id DESC
-        LIMIT $8
-        """,
-        where.subscription_id,
-        where.since,
-        where.until,
-        where.seat_id,
-        where.model,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit,
-    )
-    return [usage_row(orjson.loads(row["body"])) for row in rows]
+    bodies = await LedgerReads(conn).deduction_bodies(where, after, limit)
+    return [usage_row(orjson.loads(body)) for body in bodies]
 
 
 async def _csv_pages(
@@ -353,29 +321,6 @@ async def _csv_pages(
         after = rows[-1].deducted_at, rows[-1].event_id
         async with pool().acquire() as conn:
             rows = await _deductions(conn, where, after, CSV_PAGE)
-
-
-_MONTH_USAGE = """
-SELECT seat_id, model, count(*) AS requests, sum(price_micro)::bigint AS price_micro,
-       sum(seat_paid_micro)::bigint AS seat_paid_micro,
-       sum(packs_paid_micro)::bigint AS packs_paid_micro,
-       sum(shortfall_micro)::bigint AS shortfall_micro
-FROM ledger_entries
-WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
-  AND occurred_at >= $2 AND occurred_at < $3
-GROUP BY seat_id, model
-"""
-
-_PACK_PAID = """
-SELECT line->>'bucket_id' AS pack_id,
-       coalesce(sum((line->>'amount_micro')::bigint) FILTER (WHERE e.occurred_at < $2), 0)::bigint
-           AS before_start,
-       sum((line->>'amount_micro')::bigint)::bigint AS before_end
-FROM ledger_entries e, jsonb_array_elements(e.body->'payload'->'receipt') AS line
-WHERE e.subscription_id = $1 AND e.event_type = 'CreditsDeducted' AND e.packs_paid_micro > 0
-  AND e.occurred_at >= $4 AND e.occurred_at < $3 AND line->>'bucket' = 'pack'
-GROUP BY 1
-"""
 
 
 def _midnight_utc(request: Request, name: str, value: datetime | None) -> datetime | None:

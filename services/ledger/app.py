@@ -11,10 +11,11 @@ from fastapi import FastAPI
 
 from ledger import metrics
 from ledger.api import ledger_router
-from ledger.projection import OUTBOX, LedgerProjection, LedgerTopics
+from ledger.projection import LedgerProjection, LedgerTopics
+from ledger.store import OUTBOX
+from metering.consumer import ProjectionConsumer, StuckAfter
 from metering.http import create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.scopes import MEMBER_ONLY, ScopeResolver, scope_guard
 from metering.settings import Settings

@@ -26,8 +26,8 @@ from metering.core.views import SeatView, SubscriptionView, seat_view, subscript
 from metering.edges import TrustedProxies
 from metering.http import problem, validation_problem
 from quota import metrics
+from quota.accounts import AccountIndex
 from quota.authorize import Decision, decide, key_holder, presented_key
-from quota.directory import Directory
 from quota.ratelimit import FailedKeyLimiter
 from schemas.api import (
     AuthorizeAllowed,
@@ -60,7 +60,7 @@ def _schema(model: type[Contract]) -> dict[str, object]:
 
 
 class Authorizer:
-    """Answers `POST /v1/authorize` from the directory, counting decisions and failed keys.
+    """Answers `POST /v1/authorize` from the account index, counting decisions and failed keys.
 
     Shared by the FastAPI route (the documented operation) and `AuthorizeFastPath` (what
     serves it in production), so both give the same answer by construction.
@@ -68,14 +68,14 @@ class Authorizer:
 
     def __init__(
         self,
-        directory: Directory,
+        index: AccountIndex,
         card: RateCard,
         key_hash_secret: str,
         limiter: FailedKeyLimiter,
         clock: Callable[[], datetime],
         proxies: TrustedProxies | None = None,
     ) -> None:
-        self._directory = directory
+        self._index = index
         self._card = card
         self._key_hash_secret = key_hash_secret
         self._limiter = limiter
@@ -92,7 +92,7 @@ class Authorizer:
         started = time.perf_counter()
         api_key = presented_key(request.headers.get("authorization"))
         now = self._clock()
-        holder = key_holder(self._directory, api_key, self._hash_key, now)
+        holder = key_holder(self._index, api_key, self._hash_key, now)
         if isinstance(holder, Decision):
             decision = holder
         else:
@@ -140,7 +140,7 @@ class AuthorizeFastPath:
 
 
 def quota_router(
-    directory: Directory,
+    index: AccountIndex,
     authorizer: Authorizer,
     clock: Callable[[], datetime],
     reader: Callable[..., Awaitable[scopes.Scope]],
@@ -155,7 +155,7 @@ def quota_router(
         """Whether `scope` may read `state` (an account quota holds), or one seat of it."""
         if state is None:
             return False
-        account_id = next((a for a, s in directory.accounts.items() if s is state), None)
+        account_id = index.account_id_of(state)
         if seat_id is None:
             return scope.reads_account(account_id)
         return scope.reads_seat(account_id, seat_id)
@@ -186,7 +186,7 @@ def quota_router(
     )
     async def get_seat(seat_id: str, scope: scopes.Scope = read_scope) -> Response:
         now = clock()
-        state = directory.account_of_seat(seat_id)
+        state = index.account_of_seat(seat_id)
         seat = None
         if state is not None and may_read(scope, state):
             seat = seat_view(state, seat_id, now)
@@ -203,7 +203,7 @@ def quota_router(
     )
     async def get_overview(subscription_id: str, scope: scopes.Scope = read_scope) -> Response:
         now = clock()
-        state = directory.account_of_subscription(subscription_id)
+        state = index.account_of_subscription(subscription_id)
         view = None
         if state is not None and may_read(scope, state):
             view = subscription_view(state, subscription_id, now)
@@ -227,7 +227,7 @@ def quota_router(
         are the ledger's `GET /v1/me/usage`."""
         now = clock()
         seat_id = scope.seat_id or ""
-        state = directory.account_of_seat(seat_id)
+        state = index.account_of_seat(seat_id)
         seat = None
         if state is not None and may_read(scope, state, seat_id):
             seat = seat_view(state, seat_id, now)
