@@ -411,6 +411,147 @@ def refused_facts() -> Scenario:
     )
 
 
+def downgrade_waits_for_next_month() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "a downgrade keeps the month's higher quota; the lower one applies from the next month",
+        [
+            *f.team(JAN31, ("seat-1", "advanced")),
+            f.usage(at("2026-02-01 00:00"), request_id="r1", credits=10_000),
+            f.change_tier(at("2026-02-02 00:00"), "seat-1", "standard"),
+            f.usage(at("2026-02-03 00:00"), request_id="r2", credits=50_000),
+            f.usage(at("2026-03-01 00:00"), request_id="r3", credits=30_000),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 10_000)],
+            "r2": [("seat-1:2026-01", 50_000)],
+            "r3": [("seat-1:2026-02", 25_000), ("shortfall", 5_000)],
+        },
+        statuses=[("seat-1", "suspended", "quota_exhausted")],
+        views=[
+            ("seat-1", at("2026-02-27 00:00"), 40_000, 0, "active"),
+            ("seat-1", at("2026-02-28 10:00"), 0, 0, "suspended"),  # 25,000 of 25,000 used
+        ],
+    )
+
+
+def premium_to_advanced_is_a_downgrade() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "tiers rank standard < advanced < premium: premium to advanced waits for the next month",
+        [
+            *f.team(JAN31, ("seat-1", "premium"), ("seat-2", "advanced")),
+            f.change_tier(at("2026-02-01 00:00"), "seat-1", "advanced"),
+            f.change_tier(at("2026-02-01 00:00"), "seat-2", "premium"),
+            f.usage(at("2026-02-02 00:00"), request_id="r1", credits=200_000),
+            f.usage(at("2026-02-02 00:00"), "seat-2", request_id="r2", credits=200_000),
+            f.usage(at("2026-03-01 00:00"), request_id="r3", credits=200_000),
+        ],
+        receipts={
+            "r1": [("seat-1:2026-01", 200_000)],
+            "r2": [("seat-2:2026-01", 200_000)],
+            "r3": [("seat-1:2026-02", 100_000), ("shortfall", 100_000)],
+        },
+        statuses=[("seat-1", "suspended", "quota_exhausted")],
+    )
+
+
+def packs_valid_from_purchase_to_expiry() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "a pack pays for calls from its purchase instant up to (not at) its expiry; "
+        "a late report of a call made before the purchase does not draw on it",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(at("2026-02-01 00:00"), request_id="r0", credits=25_000),
+            f.buy_pack(at("2026-02-10 00:00"), "pack-a"),
+            f.usage(
+                at("2026-02-09 23:00"),
+                request_id="before",
+                credits=1,
+                recorded=at("2026-02-10 01:00"),
+            ),
+            f.usage(at("2026-02-10 00:00"), request_id="at_purchase", credits=1),
+            f.usage(at("2026-03-01 00:00"), request_id="r3", credits=25_000),
+            f.usage(at("2026-03-09 23:59"), request_id="last", credits=1),
+            f.usage(at("2026-03-10 00:00"), request_id="at_expiry", credits=1),
+        ],
+        receipts={
+            "r0": [("seat-1:2026-01", 25_000)],
+            "before": [("shortfall", 1)],
+            "at_purchase": [("pack-a", 1)],
+            "r3": [("seat-1:2026-02", 25_000)],
+            "last": [("pack-a", 1)],
+            "at_expiry": [("shortfall", 1)],
+        },
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "pack_purchased"),
+            ("seat-1", "suspended", "quota_exhausted"),
+        ],
+        views=[
+            ("seat-1", at("2026-02-09 23:59"), 0, 0, "suspended"),
+            ("seat-1", at("2026-02-10 00:00"), 0, 624_998, "active"),
+            ("seat-1", at("2026-03-09 23:59"), 0, 624_998, "active"),
+            ("seat-1", at("2026-03-10 00:00"), 0, 0, "suspended"),
+        ],
+    )
+
+
+def every_pack_forfeiture_reported_once() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "each pack's forfeiture is reported once, 72 h after its expiry, whatever came before",
+        [
+            *f.team(at("2026-01-01 00:00"), ("seat-1", "standard")),
+            f.buy_pack(at("2026-01-05 00:00"), "pack-a"),  # expires Feb 5, final Feb 8
+            f.buy_pack(at("2026-01-20 00:00"), "pack-b"),  # expires Feb 20, final Feb 23
+            f.usage(at("2026-02-07 23:00"), request_id="r1", credits=1),
+            f.usage(at("2026-02-09 00:00"), request_id="r2", credits=1),
+            f.usage(at("2026-02-24 00:00"), request_id="r3", credits=1),
+            f.usage(at("2026-02-25 00:00"), request_id="r4", credits=1),
+            f.usage(at("2026-03-10 00:00"), request_id="r5", credits=1),
+        ],
+        receipts={
+            **{f"r{n}": [("seat-1:2026-02", 1)] for n in range(1, 5)},
+            "r5": [("seat-1:2026-03", 1)],
+        },
+        expired_packs=[("pack-a", 625_000), ("pack-b", 625_000)],
+    )
+
+
+def cancelled_before_expiry() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "a plan ends at the earlier of its cancellation and its expiry",
+        [
+            f.activate(JAN31, expires_at=at("2026-03-31 10:00")),
+            f.add_seat(JAN31, "seat-1"),
+            f.issue_key(JAN31, "seat-1"),
+            f.cancel(at("2026-02-10 00:00")),
+            f.usage(at("2026-02-11 00:00"), request_id="r1", credits=1),
+            f.activate(at("2026-02-12 00:00"), sub="sub-2"),
+        ],
+        statuses=[("seat-1", "suspended", "subscription_cancelled")],
+        rejections=["subscription_inactive"],
+    )
+
+
+def expired_plan_cannot_be_cancelled() -> Scenario:
+    f = Facts()
+    return Scenario(
+        "an expired plan stays expired: a cancellation after it is refused",
+        [
+            f.activate(JAN31, expires_at=at("2026-02-28 10:00")),
+            f.add_seat(JAN31, "seat-1"),
+            f.cancel(at("2026-02-28 10:00")),
+            f.cancel(at("2026-03-01 00:00")),
+        ],
+        statuses=[("seat-1", "suspended", "subscription_expired")],
+        rejections=["subscription_inactive", "subscription_inactive"],
+    )
+
+
 SCENARIOS: list[Callable[[], Scenario]] = [
     seed_example,
     packs_soonest_expiry_first,
@@ -427,6 +568,12 @@ SCENARIOS: list[Callable[[], Scenario]] = [
     cancelled_subscription,
     expired_subscription,
     refused_facts,
+    downgrade_waits_for_next_month,
+    premium_to_advanced_is_a_downgrade,
+    packs_valid_from_purchase_to_expiry,
+    every_pack_forfeiture_reported_once,
+    cancelled_before_expiry,
+    expired_plan_cannot_be_cancelled,
 ]
 
 
