@@ -10,7 +10,7 @@ import pytest
 from event_builders import DEFAULT_CARD, Facts, at, payloads
 
 from metering.core import seat_status
-from metering.core.catalog import PACK_CREDITS_MICRO, REQUEST_ID_MEMORY
+from metering.core.catalog import MAX_PRICE_MICRO, PACK_CREDITS_MICRO, REQUEST_ID_MEMORY
 from metering.core.fold import apply, derived_event_id, fold
 from metering.core.money import MICRO
 from metering.core.state import AccountState
@@ -356,3 +356,110 @@ def test_a_fact_that_fails_unexpectedly_is_rejected_and_the_fold_goes_on(
     monkeypatch.setattr(seat_status, "changes", changes)
     later = apply(state, f.usage(at("2026-03-02 00:00"), credits=1), DEFAULT_CARD)
     assert later[0].event_type == "CreditsDeducted"
+
+
+# -- rejections: reason and detail -------------------------------------------------------
+
+
+def _rejection(events: list[FactEvent]) -> tuple[str, str]:
+    _, results = fold(events, DEFAULT_CARD)
+    rejected = payloads(results, "FactRejected")
+    assert len(rejected) == 1
+    return rejected[0].reason, rejected[0].detail
+
+
+def test_each_rejection_says_why() -> None:
+    f = Facts()
+    team = f.team(JAN31, ("seat-1", "standard"))
+    t = at("2026-02-01 00:00")
+    assert _rejection([*team, f.buy_pack(t, "pack-a"), f.buy_pack(t, "pack-a")]) == (
+        "duplicate_pack",
+        "pack 'pack-a' was already purchased",
+    )
+    assert _rejection([*team, f.usage(t, request_id="r1", images=1)]) == (
+        "unpriceable_usage",
+        "qwen3.6-plus is a text model and cannot price images",
+    )
+    # 5e12 input tokens cost exactly the most a request may (a billion credits); 50 more do not
+    most = [*team, f.usage(t, request_id="most", input_tokens=5 * 10**12)]
+    _, results = fold(most, DEFAULT_CARD)
+    assert payloads(results, "CreditsDeducted")[0].price_micro == MAX_PRICE_MICRO
+    assert _rejection([*team, f.usage(t, request_id="r2", input_tokens=5 * 10**12 + 50)]) == (
+        "unpriceable_usage",
+        "the usage would cost more than any request may",
+    )
+    ends = at("2026-02-28 10:00")
+    expiring = [f.activate(JAN31, expires_at=ends), f.cancel(ends + timedelta(hours=1))]
+    assert _rejection(expiring) == (
+        "subscription_inactive",
+        "subscription 'sub-1' had already expired",
+    )
+    g = Facts()
+    old = at("2024-12-31 00:00")  # before the shipped card's first version (2025-01-01)
+    assert _rejection([*g.team(old, ("seat-1", "standard")), g.usage(old, credits=1)]) == (
+        "no_rate_card_in_force",
+        "no rate card version is in force at 2024-12-31T00:00:00+00:00 "
+        "(the first starts 2025-01-01T00:00:00+00:00)",
+    )
+    assert _rejection([*team, f.revoke_key(t, "key-9")]) == (
+        "unknown_key",
+        "API key 'key-9' is not known",
+    )
+
+
+# -- request ids -------------------------------------------------------------------------
+
+
+def test_request_ids_are_kept_exactly_while_a_duplicate_may_arrive() -> None:
+    f = Facts()
+    t0 = at("2026-02-01 00:00")
+    state, _ = fold(
+        [*f.team(JAN31, ("seat-1", "standard")), f.usage(t0, request_id="a")], DEFAULT_CARD
+    )
+    assert state.request_ids == {"a": t0 + REQUEST_ID_MEMORY}
+    # a usage reported exactly REQUEST_ID_MEMORY late is charged but not remembered
+    late = f.usage(t0, request_id="b", recorded=t0 + REQUEST_ID_MEMORY - timedelta(seconds=1))
+    fold([late], DEFAULT_CARD, state)
+    assert set(state.request_ids) == {"a", "b"}
+    exact = f.usage(t0, request_id="c", recorded=t0 + REQUEST_ID_MEMORY)
+    _, results = fold([exact], DEFAULT_CARD, state)
+    assert [r.event_type for r in results][:1] == ["CreditsDeducted"]
+    assert "c" not in state.request_ids
+    # and at that instant the ids of t0 are forgotten
+    assert state.request_ids == {}
+    assert state.forgetting == []
+
+
+def test_reloaded_request_ids_are_forgotten_in_time_order() -> None:
+    data = AccountState().to_dict(with_request_ids=False)
+    data["clock"] = at("2026-02-01 00:00").isoformat()
+    early, late = at("2026-02-02 00:00"), at("2026-02-05 00:00")
+    state = AccountState.from_dict(data, [("a-late", late), ("b-early", early)])
+    state.clock = at("2026-02-03 00:00")
+    state.forget_requests()
+    assert state.request_ids == {"a-late": late}
+
+
+@pytest.mark.usefixtures("local_zone")
+def test_stored_times_are_written_in_utc() -> None:
+    state, _ = fold(busy_account(), DEFAULT_CARD)
+    stored = json.dumps(state.to_dict())
+    assert "+00:00" in stored
+    assert "+09:00" not in stored
+    assert "-05:00" not in stored
+    assert "-04:00" not in stored
+
+
+def test_a_cancelled_downgrade_leaves_the_tiers_as_they_were() -> None:
+    f = Facts()
+    events = [
+        *f.team(JAN31, ("seat-1", "advanced")),
+        f.change_tier(at("2026-02-01 00:00"), "seat-1", "standard"),
+        f.change_tier(at("2026-02-02 00:00"), "seat-1", "premium"),
+        f.change_tier(at("2026-02-03 00:00"), "seat-1", "premium"),
+        f.change_tier(at("2026-03-01 00:00"), "seat-1", "standard"),
+        f.change_tier(at("2026-03-02 00:00"), "seat-1", "premium"),
+    ]
+    state, results = fold(events, DEFAULT_CARD)
+    assert state.subscriptions["sub-1"].seats["seat-1"].tiers == [(0, "premium")]
+    assert payloads(results, "FactRejected") == []
