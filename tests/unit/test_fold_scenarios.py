@@ -634,13 +634,14 @@ def plans_back_to_back() -> Scenario:
     f = Facts()
 
     def plan(when: str, sub: str, start: str, end: str | None) -> FactEvent:
-        return f.event(
+        event: FactEvent = f.event(
             "SubscriptionActivated",
             at(when),
             subscription_id=sub,
             started_at=at(start),
             expires_at=None if end is None else at(end),
         )
+        return event
 
     return Scenario(
         "plans may follow each other: one starting as another ends, one ending as a scheduled "
