@@ -405,6 +405,36 @@ def test_each_rejection_says_why() -> None:
         "unknown_key",
         "API key 'key-9' is not known",
     )
+    revoked = [*team, f.revoke_key(t, "key-seat-1")]
+    assert _rejection([*revoked, f.revoke_key(t, "key-seat-1")]) == (
+        "key_revoked",
+        "API key 'key-seat-1' was already revoked",
+    )
+    # a call made at the very instant of the revocation is not paid for
+    assert _rejection([*revoked, f.usage(t, request_id="r3", recorded=t + timedelta(hours=1))]) == (
+        "key_revoked",
+        "API key 'key-seat-1' was revoked at 2026-02-01T00:00:00+00:00",
+    )
+    removed = [*team, f.remove_seat(t, "seat-1")]
+    assert _rejection([*removed, f.remove_seat(t, "seat-1")]) == (
+        "seat_inactive",
+        "seat 'seat-1' was already removed",
+    )
+    assert _rejection([*team, f.activate(t, sub="sub-2")]) == (
+        "account_has_active_subscription",
+        "the account already has subscription 'sub-1' active then",
+    )
+    scheduled = f.event(
+        "SubscriptionActivated",
+        t,
+        subscription_id="sub-3",
+        started_at=at("2026-03-01 00:00"),
+        expires_at=None,
+    )
+    assert _rejection([scheduled, f.buy_pack(t, "pack-z", sub="sub-3")]) == (
+        "subscription_inactive",
+        "subscription 'sub-3' is not started at 2026-02-01T00:00:00+00:00",
+    )
 
 
 # -- request ids -------------------------------------------------------------------------
@@ -463,3 +493,19 @@ def test_a_cancelled_downgrade_leaves_the_tiers_as_they_were() -> None:
     state, results = fold(events, DEFAULT_CARD)
     assert state.subscriptions["sub-1"].seats["seat-1"].tiers == [(0, "premium")]
     assert payloads(results, "FactRejected") == []
+
+
+def test_a_fact_recorded_exactly_when_a_month_ends_sees_the_new_month() -> None:
+    f = Facts()
+    month_end = at("2026-02-28 10:00")
+    state, _ = fold(
+        [*f.team(JAN31, ("seat-1", "standard")), f.usage(at("2026-02-01 00:00"), credits=25_000)],
+        DEFAULT_CARD,
+    )
+    assert state.next_review == month_end
+    results = apply(state, f.revoke_key(month_end - timedelta(seconds=1), "key-9"), DEFAULT_CARD)
+    assert [(r.event_type, r.occurred_at) for r in results] == [
+        ("SeatStatusChanged", month_end),
+        ("FactRejected", month_end - timedelta(seconds=1)),
+    ]
+    assert payloads(results, "SeatStatusChanged")[0].reason == "month_rolled_over"

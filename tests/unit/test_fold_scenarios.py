@@ -665,6 +665,47 @@ def plans_back_to_back() -> Scenario:
     )
 
 
+def gateway_clock_ahead() -> Scenario:
+    f = Facts()
+    month_end = at("2026-02-28 10:00")
+    return Scenario(
+        "usage dated after it was recorded (the gateway's clock runs ahead) is charged as of "
+        "its recording",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.usage(
+                month_end + timedelta(seconds=30),
+                request_id="r1",
+                credits=1,
+                recorded=month_end - timedelta(seconds=1),
+            ),
+        ],
+        receipts={"r1": [("seat-1:2026-01", 1)]},
+    )
+
+
+def time_falls_due_at_the_exact_instant() -> Scenario:
+    f = Facts()
+    month_end = at("2026-02-28 10:00")
+    return Scenario(
+        "a fact recorded exactly when a month ends, or when a forfeiture becomes final, sees it",
+        [
+            *f.team(JAN31, ("seat-1", "standard")),
+            f.buy_pack(at("2026-02-01 00:00"), "pack-a"),  # expires Mar 1, final Mar 4
+            f.usage(at("2026-02-02 00:00"), request_id="r1", credits=650_000),
+            f.revoke_key(month_end - timedelta(seconds=1), "key-9"),  # recorded at month_end
+            f.revoke_key(at("2026-03-03 23:59:59"), "key-9"),  # recorded Mar 4 00:00
+        ],
+        receipts={"r1": [("seat-1:2026-01", 25_000), ("pack-a", 625_000)]},
+        statuses=[
+            ("seat-1", "suspended", "quota_exhausted"),
+            ("seat-1", "active", "month_rolled_over"),
+        ],
+        rejections=["unknown_key", "unknown_key"],
+        expired_packs=[("pack-a", 0)],
+    )
+
+
 SCENARIOS: list[Callable[[], Scenario]] = [
     seed_example,
     packs_soonest_expiry_first,
@@ -691,6 +732,8 @@ SCENARIOS: list[Callable[[], Scenario]] = [
     pack_dated_after_its_recording,
     usage_before_its_key_was_issued,
     plans_back_to_back,
+    gateway_clock_ahead,
+    time_falls_due_at_the_exact_instant,
 ]
 
 
