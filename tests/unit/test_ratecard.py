@@ -1,4 +1,5 @@
 import copy
+import locale
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -219,7 +220,12 @@ def test_a_card_file_is_read_as_utf8_and_named_by_its_path(tmp_path: Path) -> No
     path = tmp_path / "card.yaml"
     text = card_with(lambda c: None).replace("version: v1", "version: v1-été")
     path.write_bytes(text.encode("utf-8"))
-    card = load_rate_card(path)
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # an ASCII locale must not change how it is read
+    try:
+        card = load_rate_card(path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
     assert card.source == str(path)
     assert card == parse_rate_card(text, source=str(path))
     assert card.versions[0].models["m"].version == "v1-été"
@@ -249,8 +255,12 @@ def test_version_in_force_at_a_time() -> None:
     assert card.in_force(at("2026-01-01 00:00")).version == "v1"
     assert card.in_force(at("2026-02-28 23:59")).version == "v1"
     assert card.in_force(at("2026-03-01 00:00")).version == "v2"
-    with pytest.raises(NoRateCardInForce, match="no rate card version is in force"):
+    with pytest.raises(NoRateCardInForce) as raised:
         card.in_force(at("2025-12-31 23:59"))
+    assert str(raised.value) == (
+        "no rate card version is in force at 2025-12-31T23:59:00+00:00 "
+        "(the first starts 2026-01-01T00:00:00+00:00)"
+    )
 
 
 def test_rates_compile_to_integer_micro_credits() -> None:
