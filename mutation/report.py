@@ -63,9 +63,12 @@ def diff(module: str, mutant: str) -> str:
         return f"(no diff: {type(error).__name__}: {error})"
 
 
-def changed_lines(text: str) -> str:
+def changed_lines(text: str, signs: str = "+") -> str:
+    """The lines of a diff that start with one of ``signs`` (file headers left out)."""
     return "\n".join(
-        line for line in text.splitlines() if line.startswith("+") and not line.startswith("+++")
+        line
+        for line in text.splitlines()
+        if line[:1] in signs and not line.startswith(("+++", "---"))
     )
 
 
@@ -126,7 +129,7 @@ def main() -> None:
     out += [f"## Accepted equivalent mutants ({len(accepted_seen)})", ""]
     for entry, text in accepted_seen:
         out += [f"- `{entry.mutant}`: {entry.reason}", "", "  ```diff"]
-        out += [f"  {line}" for line in changed_lines(text).splitlines()] + ["  ```", ""]
+        out += [f"  {line}" for line in changed_lines(text, "-+").splitlines()] + ["  ```", ""]
     stale = sorted(set(accepted) - {entry.mutant for entry, _ in accepted_seen})
     if stale:
         out += ["## Entries of equivalent.toml that matched no survivor", ""]
