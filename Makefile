@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint typecheck pytest deploy-tools schemas lock clean mutation
+.PHONY: install run test test-unit bench lint typecheck pytest deploy-tools schemas lock clean mutation
 
 install: $(STAMP)
 
@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-## make run: the whole system on the embedded broker and database (Ctrl-C stops it)
+## make run: the whole system on the embedded broker and database (Ctrl-C stops it);
+## PORT=N puts the services on N, N+1, N+2; STATE_DIR=dir keeps state and logs there
+PORT ?= 8001
+STATE_DIR ?= .run
 run: install
-	$(BIN)/metering dev
+	$(BIN)/metering dev --base-port $(PORT) --state-dir $(STATE_DIR)
 
 ## make test: lint, types, then every test (unit and integration, real broker and database)
 test: lint typecheck pytest
+
+## make test-unit: lint, types and the unit tests only (no broker, no database): the fast loop
+test-unit: lint typecheck
+	$(BIN)/pytest tests/unit
 
 lint: install
 	$(BIN)/ruff check .

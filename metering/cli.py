@@ -1,22 +1,32 @@
-"""`metering`: the operator's command line (whole-system dev run, migrations, topics)."""
+"""`metering`: the operator's command line (whole-system dev run, migrations, topics).
+
+Commands that reach the broker or the database read `.run/env`, written by `make run`, for
+the settings not set in the environment, and say so on stderr: after `make run`, `metering
+replay` just works. Usage and connection errors are one line naming the setting, exit 2.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
+import logging
+import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import rich.console
 import rich.progress
 import typer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from metering import dev
 from metering.bench.cli import bench_command
@@ -40,10 +50,80 @@ app = typer.Typer(
     help="Token Plan metering: operator commands.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # paragraphs reflow: docstring line breaks are not kept
 )
 topics_app = typer.Typer(help="The contract's Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.command("bench")(bench_command)
+
+T = TypeVar("T")
+
+#: Where `make run` writes the running dev stack's settings (`metering dev --state-dir`).
+DEV_ENV_FILE = Path(".run") / dev.ENV_FILE
+#: The settings a command may take from it.
+DEV_SETTINGS = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "METERING_ADMIN_TOKEN")
+NO_STACK_HINT = "start the dev stack (`make run`, which writes .run/env) or set it"
+
+
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"metering {importlib.metadata.version('token-plan-metering')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Token Plan metering: operator commands."""
+
+
+def use_dev_stack_settings(env_file: Path | None = None) -> None:
+    """Take the dev stack's settings from `.run/env` for those not set, and say so.
+
+    `METERING_ENV_FILE` names another file (e.g. `make run STATE_DIR=...`'s `env`).
+    """
+    path = env_file or Path(os.environ.get("METERING_ENV_FILE") or DEV_ENV_FILE)
+    if not path.exists():
+        return
+    found = dev.read_env_file(path)
+    taken = [name for name in DEV_SETTINGS if name in found and not os.environ.get(name)]
+    for name in taken:
+        os.environ[name] = found[name]
+    if taken:
+        typer.echo(f"metering: {', '.join(taken)} from {path} (the dev stack)", err=True)
+
+
+def fail(message: str) -> typer.Exit:
+    """One line on stderr naming the setting and what to do; exit status 2."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _settings() -> Settings:
+    """The settings (the dev stack's where unset), or exit 2 naming each bad variable."""
+    use_dev_stack_settings()
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise fail(" ".join(str(error.code).split())) from None
+
+
+def _on_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` against the broker; an unreachable broker is one line and exit 2."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says it
+    try:
+        return asyncio.run(work)
+    except (KafkaError, OSError) as error:
+        raise fail(
+            f"KAFKA_BOOTSTRAP_SERVERS: cannot reach Kafka at {settings.kafka_bootstrap_servers} "
+            f"({error}); {NO_STACK_HINT}"
+        ) from None
 
 
 @app.command("dev")
@@ -60,36 +140,50 @@ def dev_command(
 @app.command()
 def migrate() -> None:
     """Apply the database migrations not yet applied to DATABASE_URL."""
-    settings = load_settings()
-    applied = asyncio.run(migrate_url(settings.database_url))
+    settings = _settings()
+    try:
+        applied = asyncio.run(migrate_url(settings.database_url))
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+        raise fail(
+            f"DATABASE_URL: cannot use PostgreSQL at {settings.database_url} "
+            f"({type(error).__name__}: {error}); {NO_STACK_HINT}"
+        ) from None
     typer.echo("applied: " + ", ".join(applied) if applied else "the schema is up to date")
 
 
 @topics_app.command("create")
 def topics_create() -> None:
     """Create the contract's topics that are missing on KAFKA_BOOTSTRAP_SERVERS."""
-    settings = load_settings()
+    settings = _settings()
     specs = contract_topics(settings.events_partitions)
-    created = asyncio.run(
-        ensure_topics(settings.kafka_bootstrap_servers, specs, settings.topic_replication_factor)
+    created = _on_kafka(
+        settings,
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            specs,
+            settings.topic_replication_factor,
+            settings.kafka_options(),
+        ),
     )
     typer.echo("created: " + ", ".join(created) if created else "all topics exist")
 
 
 @topics_app.command("list")
 def topics_list() -> None:
-    """List the contract's topics with their partition counts, and say which are missing."""
-    settings = load_settings()
+    """List the contract's topics with their partition counts; exit 1 if any is missing."""
+    settings = _settings()
 
     async def describe() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_options()
+        )
         await admin.start()
         try:
             return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
         finally:
             await admin.close()
 
-    found = asyncio.run(describe())
+    found = _on_kafka(settings, describe())
     missing = False
     for spec in contract_topics(settings.events_partitions):
         if spec.name in found:
@@ -106,12 +200,19 @@ PROGRESS_SECONDS = 2.0
 
 def _settings_and_card() -> tuple[Settings, RateCard]:
     """The settings and rate card, or exit status 2 with the bad variable named."""
+    settings = _settings()
     try:
-        settings = load_settings()
         return settings, settings.rate_card()
     except SettingsError as error:
-        typer.echo(error.code, err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(error.code)) from None
+
+
+def _hint(error: Exception) -> str:
+    """What to do about a connection error (they name their setting first)."""
+    text = str(error)
+    if "cannot connect" in text or "cannot reach" in text:
+        return f"; {NO_STACK_HINT}"
+    return ""
 
 
 def _until(value: str | None) -> datetime | None:
@@ -160,7 +261,7 @@ def replay_command(
         ),
     ] = None,
     report: Annotated[Path, typer.Option(help="where the JSON report is written")] = Path(
-        "replay-report.json"
+        ".run/replay-report.json"
     ),
 ) -> None:
     """Rebuild the ledger from the event log with the pure fold, and compare it with the
@@ -176,7 +277,10 @@ def replay_command(
     kafka = None
     if source is LogSourceName.kafka:
         kafka = KafkaSource(
-            settings.kafka_bootstrap_servers, settings.events_topic, settings.ledger_consumer_group
+            settings.kafka_bootstrap_servers,
+            settings.events_topic,
+            settings.ledger_consumer_group,
+            settings.kafka_options(),
         )
     started = time.monotonic()
     try:
@@ -193,8 +297,8 @@ def replay_command(
                 )
             )
     except ReplayError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(f"{error}{_hint(error)}") from None
+    report.parent.mkdir(parents=True, exist_ok=True)
     report.write_bytes(result.to_json())
     _print_summary(result, time.monotonic() - started, report)
     raise typer.Exit(0 if result.identical else 1)
@@ -286,8 +390,7 @@ def statement_command(
     try:
         body = asyncio.run(replayed_statement(settings.database_url, card, subscription, month))
     except (ReplayError, MonthOutsideSubscription) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(f"{error}{_hint(error)}") from None
     except UnknownSubscription as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

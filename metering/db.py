@@ -11,9 +11,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 #: A connection of its own or one borrowed from a pool: both run queries and transactions.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -103,8 +104,62 @@ async def migrate_url(database_url: str) -> list[str]:
         await conn.close()
 
 
-async def create_pool(database_url: str, max_size: int = 10) -> asyncpg.Pool:
-    """A connection pool for one service."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=max_size)
-    assert pool is not None
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    TimeoutError,  # a statement, an acquire or a connect that took longer than allowed
+    asyncpg.QueryCanceledError,  # the server's statement_timeout
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    ConnectionError,
+)
+"""What a stalled or unreachable database raises: the HTTP APIs answer 503 with Retry-After."""
+
+
+class TimedPool(asyncpg.Pool):
+    """A pool whose acquire and release never wait longer than `acquire_timeout` by default.
+
+    asyncpg waits forever unless each call passes a timeout; a stalled database (paused,
+    partitioned, out of connections) must cost a request seconds, not minutes. A release that
+    times out (a connection still cancelling a timed-out statement) closes that connection.
+    """
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+async def create_pool(
+    database_url: str,
+    max_size: int = 10,
+    *,
+    statement_timeout: float = 10.0,
+    acquire_timeout: float = 5.0,
+) -> asyncpg.Pool:
+    """A connection pool for one service, with statement, connect and acquire timeouts.
+
+    `statement_timeout` is both the client's wait for any statement (asyncpg's
+    `command_timeout`: it also covers a server that stopped answering) and the server's
+    `statement_timeout`; connecting and acquiring wait at most `acquire_timeout`.
+    """
+    pool = TimedPool(
+        database_url,
+        min_size=1,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        connect=None,
+        setup=None,
+        init=None,
+        reset=None,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        acquire_timeout=acquire_timeout,
+        command_timeout=statement_timeout,
+        timeout=acquire_timeout,
+        server_settings={"statement_timeout": str(int(statement_timeout * 1000))},
+    )
+    await pool
     return pool

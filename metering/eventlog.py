@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -39,9 +40,15 @@ class LogRead:
     """Records that are not valid events (the ledger dead-lettered them)."""
 
 
-async def read_log(bootstrap_servers: str, topic: str, stop_offsets: Mapping[int, int]) -> LogRead:
+async def read_log(
+    bootstrap_servers: str,
+    topic: str,
+    stop_offsets: Mapping[int, int],
+    kafka_options: Mapping[str, Any] | None = None,
+) -> LogRead:
     """Every record of `topic` before `stop_offsets[partition]`, from the first offset."""
     consumer = AIOKafkaConsumer(
+        **(kafka_options or {}),
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,

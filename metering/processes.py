@@ -46,7 +46,7 @@ def free_port_run(count: int) -> int:
     below = _ephemeral_ports_start()
     for _ in range(100):
         base = random.randrange(_FIRST_PORT, below - count)
-        if all(_bindable(base + i) for i in range(count)):
+        if all(port_is_free(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"found no {count} consecutive free loopback ports in 100 tries")
 
@@ -63,7 +63,8 @@ def _ephemeral_ports_start() -> int:
     return 32_768
 
 
-def _bindable(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on (or holds) this loopback port right now."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))

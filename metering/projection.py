@@ -10,6 +10,13 @@ zombie that missed its revocation, can never write a batch twice.
 The projection may cache what it derived from its partitions in memory; it is told to
 forget it whenever that memory may have diverged from the database (a failed transaction,
 a partition gained or lost).
+
+No partition stays stuck in silence: one whose batches failed `StuckAfter.failures` times in a
+row, or that made no progress for `StuckAfter.seconds` while messages wait, is reported stuck
+(`metering_<service>_partition_stuck`), and one whose stored offset lies past the end of the
+log (the broker lost data that PostgreSQL says was applied) is reported
+(`metering_<service>_offsets_past_end`) until the log reaches it again: either makes the
+consumer not ready.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from prometheus_client import Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
 from metering.db import Connection
 from metering.loops import BackgroundLoop, Backoff
@@ -59,28 +66,58 @@ class ConsumerMetrics:
     lag: Gauge
     batch_seconds: Histogram
     batch_size: Histogram
+    stuck: Gauge
+    past_end: Gauge
 
 
-def consumer_metrics(service: str) -> ConsumerMetrics:
-    """`metering_<service>_consumer_lag`, `_transaction_seconds` and `_batch_size`."""
+def consumer_metrics(service: str, registry: CollectorRegistry = REGISTRY) -> ConsumerMetrics:
+    """`metering_<service>_consumer_lag`, `_transaction_seconds`, `_batch_size`,
+    `_partition_stuck` and `_offsets_past_end`."""
     prefix = f"metering_{service}"
     return ConsumerMetrics(
         lag=Gauge(
             f"{prefix}_consumer_lag",
-            "Messages of the consumed topic not yet applied, per owned partition.",
+            "Messages of the consumed topic not yet applied, per owned partition (never negative).",
             ["partition"],
+            registry=registry,
         ),
         batch_seconds=Histogram(
             f"{prefix}_transaction_seconds",
             "Time to apply one batch in its PostgreSQL transaction, commit included.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
         ),
         batch_size=Histogram(
             f"{prefix}_batch_size",
             "Messages per applied batch.",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+            registry=registry,
+        ),
+        stuck=Gauge(
+            f"{prefix}_partition_stuck",
+            "1 while an owned partition is stuck: its batches failed repeatedly, or it made no "
+            "progress for a while with messages waiting; else 0.",
+            ["partition"],
+            registry=registry,
+        ),
+        past_end=Gauge(
+            f"{prefix}_offsets_past_end",
+            "1 while an owned partition's stored offset lies past the end of the log (the "
+            "broker lost data PostgreSQL says was applied): it is not consumed; else 0.",
+            ["partition"],
+            registry=registry,
         ),
     )
+
+
+@dataclass(frozen=True)
+class StuckAfter:
+    """When a partition counts as stuck."""
+
+    failures: int = 5
+    """Failed batches in a row."""
+    seconds: float = 120.0
+    """Time without progress while messages wait."""
 
 
 class OffsetsMoved(RuntimeError):
@@ -155,8 +192,11 @@ class ProjectionConsumer(BackgroundLoop):
         projection: Projection,
         metrics: ConsumerMetrics,
         max_records: int = 1000,
+        stuck_after: StuckAfter = StuckAfter(),
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self._kafka_options = dict(kafka_options or {})
         self.name = f"consume {topic}"
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
@@ -171,6 +211,13 @@ class ProjectionConsumer(BackgroundLoop):
         """Held while a batch is applied and while partitions change hands."""
         self._backoff = Backoff(self.stopping)
         self._consumer: AIOKafkaConsumer | None = None
+        self._stuck_after = stuck_after
+        self._failures: dict[int, int] = {}
+        """Per owned partition: batches with it that failed in a row."""
+        self._progress_at: dict[int, float] = {}
+        """Per owned partition: when it last advanced, or was found caught up (monotonic)."""
+        self._stuck: set[int] = set()
+        self._past_end: set[int] = set()
 
     @property
     def topic(self) -> str:
@@ -185,6 +232,7 @@ class ProjectionConsumer(BackgroundLoop):
             auto_offset_reset="earliest",
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            **self._kafka_options,
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self._consumer.start()
@@ -197,8 +245,15 @@ class ProjectionConsumer(BackgroundLoop):
             await self._consumer.stop()
 
     def ready(self) -> bool:
+        """Running, with partitions, none of them stuck or sought past the end of its log."""
         consumer = self._consumer
-        return super().ready() and consumer is not None and bool(consumer.assignment())
+        return (
+            super().ready()
+            and consumer is not None
+            and bool(consumer.assignment())
+            and not self._stuck
+            and not self._past_end
+        )
 
     async def run(self) -> None:
         consumer = self._consumer
@@ -208,10 +263,13 @@ class ProjectionConsumer(BackgroundLoop):
                 fetched = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
                 async with self._lock:
                     failed = bool(fetched) and await self._apply(fetched)
-                self._report_lag(consumer)
             except Exception:
                 log.exception("consumer loop failed; retrying")
                 failed = True
+            try:  # after failures too: they are what makes a partition stuck
+                self._report_lag(consumer)
+            except Exception:
+                log.exception("could not report the consumer's lag")
             if failed:
                 await self._backoff.pause()
             else:
@@ -240,14 +298,19 @@ class ProjectionConsumer(BackgroundLoop):
                 log.info("partitions moved to another member", extra={"error": str(error)})
             else:
                 log.exception("batch failed; it will be read again from the stored offsets")
+                for partition in batch:
+                    self._failures[partition] = self._failures.get(partition, 0) + 1
             with contextlib.suppress(Exception):
                 await self._seek_to_stored(list(batch))
             return True
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(records))
         MESSAGES_CONSUMED.labels(self.topic).inc(len(records))
+        now = time.monotonic()
         for partition, (_, next_offset) in moves.items():
             self._next[partition] = next_offset
+            self._failures[partition] = 0
+            self._progress_at[partition] = now
         self._projection.committed()
         return False
 
@@ -267,15 +330,46 @@ class ProjectionConsumer(BackgroundLoop):
         self._projection.forget(partitions)
         async with self._pool().acquire() as conn:
             stored = await self._offsets.load(conn, partitions)
+        ends = (
+            await consumer.end_offsets([TopicPartition(self.topic, p) for p in stored])
+            if stored
+            else {}
+        )
         for partition in partitions:
             tp = TopicPartition(self.topic, partition)
             self._next[partition] = stored.get(partition)
+            self._progress_at.setdefault(partition, time.monotonic())
+            if partition in stored and stored[partition] > ends[tp]:
+                self._offsets_past_end(tp, stored[partition], ends[tp])
+            else:
+                self._past_end.discard(partition)
+                self._metrics.past_end.labels(str(partition)).set(0)
             if partition in stored:
                 consumer.seek(tp, stored[partition])
             else:
                 await consumer.seek_to_beginning(tp)
         offsets = {str(p): stored.get(p, "earliest") for p in partitions}
         log.info("sought to stored offsets", extra={"topic": self.topic, "offsets": offsets})
+
+    def _offsets_past_end(self, tp: TopicPartition, stored: int, end: int) -> None:
+        """The log ends before the stored offset: the broker may have lost what we applied,
+        and facts appended now would be skipped until the log reaches the stored offset. Say
+        so (not ready, gauge, alert) until it does; the partition is still consumed from the
+        stored offset, as the fenced offsets require (a broker's answer about its end can also
+        be stale for a moment: the flag then clears at the next fetch)."""
+        self._past_end.add(tp.partition)
+        self._metrics.past_end.labels(str(tp.partition)).set(1)
+        self._metrics.lag.labels(str(tp.partition)).set(0)
+        log.error(
+            "stored offset lies past the end of the log: facts appended now are not applied "
+            "until the log reaches it; reconcile the broker and the stored offsets",
+            extra={
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "stored_offset": stored,
+                "log_end_offset": end,
+            },
+        )
 
     async def _assigned(self, partitions: Collection[TopicPartition]) -> None:
         async with self._lock:
@@ -287,16 +381,52 @@ class ProjectionConsumer(BackgroundLoop):
             self._projection.forget(lost)
             for partition in lost:
                 self._next.pop(partition, None)
-                with contextlib.suppress(KeyError):
-                    self._metrics.lag.remove(str(partition))
+                self._failures.pop(partition, None)
+                self._progress_at.pop(partition, None)
+                self._stuck.discard(partition)
+                self._past_end.discard(partition)
+                for gauge in (self._metrics.lag, self._metrics.stuck, self._metrics.past_end):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(str(partition))
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Each owned partition's lag (never negative) and whether it is stuck."""
+        now = time.monotonic()
         for tp in consumer.assignment():
+            partition = tp.partition
+            if partition not in self._next:
+                continue
             end = consumer.highwater(tp)
-            if end is not None and tp.partition in self._next:
-                self._metrics.lag.labels(str(tp.partition)).set(
-                    end - (self._next[tp.partition] or 0)
+            if partition in self._past_end:
+                if end is None or end < (self._next[partition] or 0):
+                    continue
+                self._past_end.discard(partition)  # the log reached the stored offset
+                self._metrics.past_end.labels(str(partition)).set(0)
+            lag = None if end is None else max(0, end - (self._next[partition] or 0))
+            if lag is not None:
+                self._metrics.lag.labels(str(partition)).set(lag)
+            if lag == 0:
+                self._progress_at[partition] = now
+            waited = now - self._progress_at.setdefault(partition, now)
+            stuck = self._failures.get(partition, 0) >= self._stuck_after.failures or (
+                bool(lag) and waited >= self._stuck_after.seconds
+            )
+            self._metrics.stuck.labels(str(partition)).set(int(stuck))
+            if stuck and partition not in self._stuck:
+                log.error(
+                    "partition stuck",
+                    extra={
+                        "topic": self.topic,
+                        "partition": partition,
+                        "failed_batches_in_a_row": self._failures.get(partition, 0),
+                        "seconds_without_progress": round(waited, 1),
+                        "lag": lag,
+                    },
                 )
+                self._stuck.add(partition)
+            elif not stuck and partition in self._stuck:
+                log.info("partition no longer stuck", extra={"partition": partition})
+                self._stuck.discard(partition)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

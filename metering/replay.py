@@ -13,7 +13,7 @@ the same replay, so an auditor can check the one the ledger serves.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +61,8 @@ class KafkaSource:
     bootstrap_servers: str
     topic: str
     consumer_group: str
+    kafka_options: Mapping[str, Any] = field(default_factory=dict)
+    """TLS/SASL options of the Kafka client (`Settings.kafka_options`)."""
 
 
 @dataclass
@@ -204,7 +206,9 @@ async def _kafka_accounts(
             f"LEDGER_CONSUMER_GROUP: group '{kafka.consumer_group}' has applied nothing of "
             f"{kafka.topic} in this database; check the group and EVENTS_TOPIC"
         )
-    read = await read_log(kafka.bootstrap_servers, kafka.topic, report.log_positions)
+    read = await read_log(
+        kafka.bootstrap_servers, kafka.topic, report.log_positions, kafka.kafka_options
+    )
     report.duplicates_skipped, report.unparseable_skipped = read.duplicates, read.unparseable
     total = read.records - read.duplicates - read.unparseable
     return _accounts_in(read, accounts, until), total

@@ -21,6 +21,7 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from metering.db import create_pool, migrate_url
 from metering.http import Readiness
+from metering.kafka import broker_security
 from metering.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ServiceRuntime:
             max_batch_size=PRODUCER_BATCH_BYTES,
             allow_auto_create_topics=False,
             graceful_timeout=GRACEFUL_TIMEOUT,
+            security=broker_security(settings),
             logger=logging.getLogger("metering.kafka"),
             log_level=logging.DEBUG,
         )
@@ -102,7 +104,11 @@ class ServiceRuntime:
         applied = await migrate_url(self.settings.database_url)
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
-        self._pool = await create_pool(self.settings.database_url)
+        self._pool = await create_pool(
+            self.settings.database_url,
+            statement_timeout=self.settings.database_statement_timeout_seconds,
+            acquire_timeout=self.settings.database_acquire_timeout_seconds,
+        )
         try:
             await self.broker.start()
             for worker in self._workers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 class SeatStatusCache:
     """The latest `SeatStatusChanged` of every seat, followed live."""
 
-    def __init__(self, bootstrap_servers: str, topic: str = SEAT_STATUS) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str = SEAT_STATUS, **kafka_options: Any
+    ) -> None:
+        """`kafka_options`: TLS/SASL of the gateway's Kafka client (aiokafka's arguments,
+        e.g. `Settings.kafka_options()`)."""
         self._topic = topic
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers, enable_auto_commit=False
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **kafka_options
         )
         self._statuses: dict[str, SeatStatusChanged] = {}
         self._task: asyncio.Task[None] | None = None

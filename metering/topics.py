@@ -6,7 +6,9 @@ Topics are never left to broker auto-creation: the embedded broker refuses later
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -45,10 +47,15 @@ def contract_topics(events_partitions: int = 6) -> list[TopicSpec]:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: list[TopicSpec], replication_factor: int = 1
+    bootstrap_servers: str,
+    specs: list[TopicSpec],
+    replication_factor: int = 1,
+    kafka_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000, **(kafka_options or {})
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -57,6 +57,8 @@ class FieldProblem(Contract):
     field: str
     """Dotted path of the bad field, e.g. ``reports.3.input_tokens``."""
     message: str
+    code: str | None = None
+    """Stable and machine-readable: why the field is refused."""
 
 
 class Problem(Contract):
@@ -364,3 +366,53 @@ API_MODELS: tuple[type[Contract], ...] = (
     Statement,
 )
 """Every top-level HTTP body, for the generated JSON Schema."""
+
+
+# -- ledger: where did my fact go (GET /v1/events/{id}, GET .../requests/{request_id}) ----------
+
+
+class FactEntry(Contract):
+    """A ledger entry derived from the fact (a result on metering.ledger.v1)."""
+
+    event_id: EventId
+    event_type: Identifier
+    """``CreditsDeducted``, ``PackExpired`` or ``FactRejected``."""
+    occurred_at: Timestamp
+    price: Credits | None = None
+    """A deduction's price: ``sum(receipt) + shortfall`` (null for other entries)."""
+    receipt: list[PaidFrom] | None = None
+    """The buckets that paid for a deduction (null for other entries)."""
+    shortfall: Credits | None = None
+    """What no bucket covered (null for other entries)."""
+
+
+class FactRejection(Contract):
+    reason: Identifier
+    """The ledger's reason (``FactRejected.reason``), e.g. ``unknown_key``."""
+    detail: str
+
+
+class FactStatus(Contract):
+    """What became of one accepted fact: recorded by ingest, applied by the ledger, or rejected
+    by the ledger's guard."""
+
+    event_id: EventId
+    event_type: Identifier | None
+    """Null only for a fact ingest recorded whose envelope it no longer keeps, of a kind it
+    cannot tell from its idempotency key."""
+    account_id: Identifier
+    status: Literal["accepted", "applied", "rejected"]
+    """``accepted``: ingest recorded it, the ledger has not applied it yet; ``applied``: in the
+    ledger; ``rejected``: the ledger recorded a ``FactRejected`` for it (see ``rejection``)."""
+    recorded_at: Timestamp
+    """When ingest recorded the fact (for a fact only ingest knows: when it stored it)."""
+    request_id: Identifier | None = None
+    """The usage report's ``request_id`` (usage only)."""
+    entries: list[FactEntry]
+    """Ledger entries derived from the fact, oldest first (empty until it is applied, and for
+    facts that change a plan without an entry)."""
+    rejection: FactRejection | None
+    """Why the ledger rejected it (null unless ``status`` is ``rejected``)."""
+
+
+API_MODELS = (*API_MODELS, FactStatus)

@@ -1,9 +1,10 @@
 """Building blocks shared by every document of the public contract."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -18,8 +19,21 @@ SCHEMA_VERSION = 1
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-IDENTIFIER_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
-"""1 to 200 characters, none of them a control character (PostgreSQL cannot store NUL)."""
+IDENTIFIER_MAX_LENGTH = 200
+_INVISIBLE = (
+    r"\x00-\x1f\x7f-\x9f"  # C0 controls, DEL, C1 controls (PostgreSQL cannot store NUL)
+    r"\u00ad\u061c\u180e"  # soft hyphen, Arabic letter mark, Mongolian vowel separator
+    r"\u200b-\u200f"  # zero-width space, non-joiner, joiner; left-to-right/right-to-left marks
+    r"\u2028-\u202e"  # line and paragraph separators; bidi embeddings and overrides
+    r"\u2060-\u206f"  # word joiner, invisible operators, bidi isolates, deprecated formats
+    r"\ufeff\ufff9-\ufffb"  # zero-width no-break space (BOM), interlinear annotations
+)
+IDENTIFIER_PATTERN = rf"^[^{_INVISIBLE}]{{1,{IDENTIFIER_MAX_LENGTH}}}$"
+"""1 to 200 characters, none of them invisible or able to reorder what is shown: no control
+character (C0, DEL, C1), no bidi mark, embedding, override or isolate, no zero-width or other
+format character, no line or paragraph separator. Ids are shown to people (consoles, CSV
+exports, statements) and compared byte for byte: two ids must never look alike by hiding
+characters or by reordering them (README, "Identifiers")."""
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 EventId = Annotated[
     str,
@@ -38,9 +52,32 @@ def _rfc3339_text(value: object) -> object:
     raise ValueError("must be an RFC 3339 timestamp with a zone, e.g. 2026-05-01T12:00:00Z")
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), Field(strict=False)]
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+"""Times a client sends lie in [EARLIEST, LATEST): anything else is a typo or an attack."""
+
+
+def _sane_time(value: datetime) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must lie between 2000-01-01 and 2099-12-31 (UTC)")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(_sane_time),
+    Field(strict=False),
+]
 """A zoned timestamp in an HTTP body: RFC 3339 text (JSON has no datetime type to be strict
-about), parsed even though the body's other fields are strict; naive times are refused."""
+about), parsed even though the body's other fields are strict; naive times and times
+outside sane years are refused."""
+
+MAX_QUANTITY = 1_000_000_000
+"""The most tokens, images or calls of one kind a report may carry; the rate card's context
+window bounds tokens further."""
+Quantity = Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
+ReportedToolCalls = Annotated[dict[Identifier, Quantity], Field(max_length=100)]
 
 
 class Contract(BaseModel):
@@ -71,12 +108,12 @@ _set_slot = object.__setattr__
 class UsageCounts(Contract):
     """What a model call used: the quantities pricing reads (design.md §3)."""
 
-    input_tokens: Count = 0
-    cached_tokens: Count = 0
-    output_tokens: Count = 0
+    input_tokens: Quantity = 0
+    cached_tokens: Quantity = 0
+    output_tokens: Quantity = 0
     thinking: bool = False
-    tool_calls: ToolCalls = Field(default_factory=dict)
-    images: Count = 0
+    tool_calls: ReportedToolCalls = Field(default_factory=dict)
+    images: Quantity = 0
 
 
 class SubscriptionTerm(Contract):

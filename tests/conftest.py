@@ -40,7 +40,20 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ADMIN_TOKEN = "test-admin-token"
-SECRETS = {"METERING_ADMIN_TOKEN": ADMIN_TOKEN, "API_KEY_HASH_SECRET": "test-key-hash-secret"}
+METRICS_TOKEN = "test-metrics-token"
+METRICS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+"""What Prometheus presents to scrape the session's services."""
+SECRETS = {
+    "METERING_ADMIN_TOKEN": ADMIN_TOKEN,
+    "API_KEY_HASH_SECRET": "test-key-hash-secret",
+    # The tests stand in for the gateway (on loopback, or behind a 10.x proxy they name in
+    # X-Forwarded-For): quota believes the client addresses they forward.
+    "TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8",
+    "METRICS_TOKEN": METRICS_TOKEN,
+    # The business dashboard's per-subscription panels (tests/integration/test_dashboards.py)
+    "METRICS_PER_SUBSCRIPTION": "true",
+    "METRICS_SUBSCRIPTION_SERIES_MAX": "10000",
+}
 
 
 @pytest.fixture(scope="session")

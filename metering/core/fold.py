@@ -129,7 +129,7 @@ def _apply(state: AccountState, event: FactEvent, card: RateCard, out: "_Results
         t = recorded
     payload = event.payload
     if isinstance(payload, UsageRecorded):
-        _record_usage(state, t, payload, card, out)
+        _record_usage(state, t, recorded, payload, card, out)
     else:
         _review(state, out, _apply_plan_fact(state, t, recorded, payload))
 
@@ -196,10 +196,15 @@ class _Results:
 
 
 def _record_usage(
-    state: AccountState, t: datetime, usage: UsageRecorded, card: RateCard, out: _Results
+    state: AccountState,
+    t: datetime,
+    recorded: datetime,
+    usage: UsageRecorded,
+    card: RateCard,
+    out: _Results,
 ) -> None:
     """Price the usage and draw it from the seat month of ``t``, then packs valid at ``t``."""
-    sub, seat, t = _checked_usage(state, t, usage)
+    sub, seat, t = _checked_usage(state, t, recorded, usage)
     try:
         model = card.in_force(t).models.get(usage.model)
         if model is None:
@@ -291,7 +296,7 @@ def _draw_from_packs(
 
 
 def _checked_usage(
-    state: AccountState, t: datetime, usage: UsageRecorded
+    state: AccountState, t: datetime, recorded: datetime, usage: UsageRecorded
 ) -> tuple[Subscription, Seat, datetime]:
     """The usage's subscription, seat and charging time, or why it cannot be charged."""
     if usage.request_id in state.request_ids:  # remembered while a duplicate may arrive
@@ -308,7 +313,7 @@ def _checked_usage(
             "key_not_for_seat", f"API key '{key.key_id}' belongs to seat '{key.seat_id}'"
         )
     if t < key.issued_at:  # the gateway's clock runs behind ours (ingest bounds by how much)
-        t = key.issued_at
+        t = min(key.issued_at, recorded)  # but nothing happens after it is recorded
     if key.revoked_at is not None and key.revoked_at <= t:
         raise _Rejected(
             "key_revoked", f"API key '{key.key_id}' was revoked at {key.revoked_at.isoformat()}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import Enum
 from uuid import UUID
 
@@ -145,6 +146,18 @@ class AcceptanceLog:
                 "WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL",
                 list(event_ids),
             )
+
+    async def forget_usage(self, older_than: timedelta, limit: int = 10_000) -> int:
+        """Forget published usage reports stored longer ago than `older_than`: once no report
+        that old can be accepted, no duplicate of it can be either. Returns how many."""
+        status = await self._pool().execute(
+            "DELETE FROM ingest_accepted WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM ingest_accepted WHERE stored_at < now() - $1::interval "
+            "AND published_at IS NOT NULL AND scope LIKE 'usage:%' LIMIT $2))",
+            older_than,
+            limit,
+        )
+        return int(status.split()[-1])
 
     async def unpublished(self, older_than_seconds: float, limit: int) -> list[Claimed]:
         """Facts stored but not acknowledged for a while: what the relay publishes again."""

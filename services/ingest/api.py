@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -15,7 +16,6 @@ from ingest.acceptance import Outcome
 from ingest.facts import FieldProblem
 from ingest.intake import (
     CommandResult,
-    DirectoryError,
     Intake,
     PlanCommand,
     UsageResult,
@@ -45,6 +45,7 @@ from schemas.facts import (
     ApiKeyIssued,
     ApiKeyRevoked,
     SeatAdded,
+    SeatRemoved,
     SeatTierChanged,
     SharedPackPurchased,
     SubscriptionActivated,
@@ -99,7 +100,9 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         if result.status == "invalid":
             return _invalid(result.problems)
         if result.status == "conflict":
-            return problem(409, "Conflicting report", result.problems[0].message)
+            return problem(
+                409, "Conflicting report", result.problems[0].message, code="conflicting_report"
+            )
         body = UsageAccepted(event_id=str(result.event_id), duplicate=result.status == "duplicate")
         return JSONResponse(body.model_dump(), status_code=200 if body.duplicate else 202)
 
@@ -120,14 +123,28 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         results = await _accept_reports(intake, reports)
         return UsageBatchResponse.model_validate({"results": [_batch_item(r) for r in results]})
 
+    skew = timedelta(seconds=settings.usage_max_future_skew_seconds)
+    purchases = directory.PurchaseWindow(
+        skew, timedelta(seconds=settings.usage_max_lateness_seconds)
+    )
+
     @router.post(
         "/subscriptions",
         status_code=201,
         dependencies=[admin],
         tags=["plan"],
-        summary="Activate a subscription for an account",
+        summary="Activate a subscription for an account (now, or scheduled to start later)",
     )
     async def post_subscription(body: SubscriptionCreate, intake: IntakeDep) -> Response:
+        now = clock()
+        if body.started_at > now + MAX_SCHEDULE_AHEAD:
+            raise directory.DirectoryError(
+                422,
+                "Start too far ahead",
+                f"started_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead",
+                "start_too_far_ahead",
+                "started_at",
+            )
         payload = SubscriptionActivated(
             subscription_id=body.subscription_id,
             started_at=body.started_at,
@@ -139,8 +156,9 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
             body=body.model_dump(mode="json"),
             event_type="SubscriptionActivated",
             payload=payload,
-            occurred_at=body.started_at,
-            apply_to_directory=directory.open_subscription(body),
+            occurred_at=min(body.started_at, now),
+            recorded_at=now,
+            apply_to_directory=directory.open_subscription(body, now),
         )
         return await _command_answer(intake, command, created=True)
 
@@ -149,17 +167,19 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         status_code=201,
         dependencies=[admin],
         tags=["plan"],
-        summary="Add a seat (one member, one tier)",
+        summary="Add a seat (one member, one tier); usable from now or the plan's later start",
     )
     async def post_seat(subscription_id: Id, body: SeatCreate, intake: IntakeDep) -> Response:
+        now = clock()
         command = PlanCommand(
             scope="seat",
             key=body.seat_id,
             body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
             event_type="SeatAdded",
             payload=SeatAdded(subscription_id=subscription_id, **body.model_dump()),
-            occurred_at=clock(),
-            apply_to_directory=directory.add_seat(subscription_id, body.seat_id, body.tier),
+            occurred_at=now,
+            recorded_at=now,
+            apply_to_directory=directory.add_seat(subscription_id, body.seat_id, body.tier, now),
         )
         return await _command_answer(intake, command, created=True)
 
@@ -176,6 +196,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         intake: IntakeDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
+        now = clock()
         command = PlanCommand(
             scope="seat-tier",
             key=idempotency_key or str(uuid.uuid4()),
@@ -184,8 +205,29 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
             payload=SeatTierChanged(
                 subscription_id=subscription_id, seat_id=seat_id, tier=body.tier
             ),
-            occurred_at=clock(),
-            apply_to_directory=directory.change_tier(subscription_id, seat_id, body.tier),
+            occurred_at=now,
+            recorded_at=now,
+            apply_to_directory=directory.change_tier(subscription_id, seat_id, body.tier, now),
+        )
+        return await _command_answer(intake, command, created=False)
+
+    @router.delete(
+        "/subscriptions/{subscription_id}/seats/{seat_id}",
+        dependencies=[admin],
+        tags=["plan"],
+        summary="Remove a seat: its keys stop working at once; its history stays",
+    )
+    async def delete_seat(subscription_id: Id, seat_id: Id, intake: IntakeDep) -> Response:
+        now = clock()
+        command = PlanCommand(
+            scope="seat-removed",
+            key=seat_id,
+            body={"subscription_id": subscription_id, "seat_id": seat_id},
+            event_type="SeatRemoved",
+            payload=SeatRemoved(subscription_id=subscription_id, seat_id=seat_id),
+            occurred_at=now,
+            recorded_at=now,
+            apply_to_directory=directory.remove_seat(subscription_id, seat_id, now),
         )
         return await _command_answer(intake, command, created=False)
 
@@ -203,6 +245,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         intake: IntakeDep,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
+        now = clock()
         key_id = f"key-{uuid.uuid4().hex[:16]}"
         secret = new_api_key()
         command = PlanCommand(
@@ -216,17 +259,19 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
                 key_id=key_id,
                 key_hash=key_hash(secret, key_hash_secret),
             ),
-            occurred_at=clock(),
-            apply_to_directory=directory.issue_key(subscription_id, seat_id, key_id),
+            occurred_at=now,
+            recorded_at=now,
+            apply_to_directory=directory.issue_key(subscription_id, seat_id, key_id, now),
             response={"key_id": key_id},
         )
         result = await _command(intake, command)
         if result.outcome is Outcome.DUPLICATE or result.response.get("key_id") != key_id:
-            raise DirectoryError(
+            raise directory.DirectoryError(
                 409,
                 "Key already issued",
                 f"this Idempotency-Key already issued key '{result.response.get('key_id')}'; "
                 "its secret was shown once and is not kept: revoke it and issue a new one",
+                "key_already_issued",
             )
         created = ApiKeyCreated(event_id=str(result.event_id), key_id=key_id, api_key=secret)
         return JSONResponse(created.model_dump(), status_code=201)
@@ -243,6 +288,7 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
             event_type="ApiKeyRevoked",
             payload=ApiKeyRevoked(key_id=key_id),
             occurred_at=now,
+            recorded_at=now,
             apply_to_directory=directory.revoke_key(key_id, now),
         )
         return await _command_answer(intake, command, created=False)
@@ -252,17 +298,21 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         status_code=201,
         dependencies=[admin],
         tags=["plan"],
-        summary="Buy a shared quota pack (625,000 credits, valid one month)",
+        summary="Buy a shared quota pack (625,000 credits, valid one month from its purchase)",
     )
     async def post_pack(subscription_id: Id, body: PackPurchase, intake: IntakeDep) -> Response:
+        now = clock()
         command = PlanCommand(
             scope="pack",
             key=body.pack_id,
             body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
             event_type="SharedPackPurchased",
             payload=SharedPackPurchased(subscription_id=subscription_id, **body.model_dump()),
-            occurred_at=body.purchased_at,
-            apply_to_directory=directory.buy_pack(subscription_id),
+            occurred_at=min(body.purchased_at, now),
+            recorded_at=now,
+            apply_to_directory=directory.buy_pack(
+                subscription_id, body.purchased_at, now, purchases
+            ),
         )
         return await _command_answer(intake, command, created=True)
 
@@ -270,23 +320,29 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         "/subscriptions/{subscription_id}/cancel",
         dependencies=[admin],
         tags=["plan"],
-        summary="Cancel a subscription: its seats are suspended from `at`",
+        summary="Cancel a subscription now or at a later `at`: its seats are suspended from then",
     )
     async def post_cancel(
         subscription_id: Id, body: SubscriptionCancel, intake: IntakeDep
     ) -> Response:
+        now = clock()
         command = PlanCommand(
             scope="cancel",
             key=subscription_id,
             body=body.model_dump(mode="json"),
             event_type="SubscriptionCancelled",
             payload=SubscriptionCancelled(subscription_id=subscription_id, at=body.at),
-            occurred_at=body.at,
-            apply_to_directory=directory.cancel_subscription(subscription_id, body.at),
+            occurred_at=min(body.at, now),
+            recorded_at=now,
+            apply_to_directory=directory.cancel_subscription(subscription_id, body.at, now, skew),
         )
         return await _command_answer(intake, command, created=False)
 
     return router
+
+
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+"""How far ahead a subscription may be scheduled to start."""
 
 
 async def _accept_reports(intake: Intake, documents: list[Any]) -> list[UsageResult]:
@@ -364,7 +420,8 @@ def _problem_fields(problems: list[FieldProblem]) -> dict[str, Any]:
     """The `detail` and `errors` of a problem+json body listing every bad field."""
     return {
         "detail": "invalid fields: " + ", ".join(p.field for p in problems),
-        "errors": [{"field": p.field, "message": p.message} for p in problems],
+        "code": problems[0].reason,
+        "errors": [{"field": p.field, "message": p.message, "code": p.reason} for p in problems],
     }
 
 
@@ -387,6 +444,7 @@ def _batch_item(result: UsageResult) -> dict[str, object]:
             "title": "Conflicting report",
             "status": 409,
             "detail": result.problems[0].message,
+            "code": "conflicting_report",
         }
     return item
 
@@ -398,19 +456,24 @@ def install_error_handlers(app: Any) -> None:
         response = problem(
             503,
             "Broker unavailable",
-            "the event log did not acknowledge in time; nothing was confirmed. Retry the same "
-            "request (same request_id / Idempotency-Key): it is never counted twice",
+            "the event log did not acknowledge in time: the fact may already be recorded. "
+            "Retrying with the same request_id (or Idempotency-Key and body) is safe: it is "
+            "never counted twice",
+            code="broker_unavailable",
         )
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
         return response
 
     async def directory_error(_request: Request, error: Exception) -> Response:
-        assert isinstance(error, DirectoryError)
-        return problem(error.status, error.title, error.detail)
+        assert isinstance(error, directory.DirectoryError)
+        extra: dict[str, Any] = {}
+        if error.field is not None:
+            extra["errors"] = [{"field": error.field, "message": error.detail, "code": error.code}]
+        return problem(error.status, error.title, error.detail, code=error.code, **extra)
 
     async def bad_body(_request: Request, error: Exception) -> Response:
-        return problem(422, "Invalid request", str(error))
+        return problem(422, "Invalid request", str(error), code="malformed")
 
     app.add_exception_handler(_Unavailable, unavailable)
-    app.add_exception_handler(DirectoryError, directory_error)
+    app.add_exception_handler(directory.DirectoryError, directory_error)
     app.add_exception_handler(_BadBody, bad_body)

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: A fact stored this long without acknowledgement is published again by the relay.
 RELAY_AFTER_SECONDS = 30.0
 RELAY_EVERY_SECONDS = 5.0
+FORGET_EVERY_ROUNDS = 60
+"""The relay forgets old usage reports every 60 rounds (5 minutes)."""
 
 
 def now() -> datetime:
@@ -63,7 +65,14 @@ def build_app(settings: Settings) -> FastAPI:
         """
         await _accept_records(intake, runtime, message.raw_message, settings.dlq_topic)
 
-    app = create_app("ingest", runtime.lifespan, runtime.readiness)
+    batch_limit = {("POST", "/v1/usage/batch"): settings.max_batch_body_bytes}
+    app = create_app(
+        "ingest",
+        runtime.lifespan,
+        runtime.readiness,
+        body_limits=settings.body_limits(batch_limit),
+        settings=settings,
+    )
     app.state.intake = intake
     app.include_router(build_router(settings, key_hash_secret, now))
     install_error_handlers(app)
@@ -107,11 +116,16 @@ class UnconfirmedRelay(BackgroundLoop):
         self._intake = intake
 
     async def run(self) -> None:
+        rounds = 0
         while not self.stopping.is_set():
             await wait_for_event(self.stopping, RELAY_EVERY_SECONDS)
+            rounds += 1
             try:
                 if published := await self._intake.republish_unconfirmed(RELAY_AFTER_SECONDS):
                     log.info("relay published unconfirmed facts", extra={"count": published})
+                if rounds % FORGET_EVERY_ROUNDS == 0:
+                    while forgotten := await self._intake.forget_old_usage():
+                        log.info("forgot old usage reports", extra={"count": forgotten})
             except BrokerUnavailable:
                 log.warning("relay: broker unavailable, will retry")
             except Exception:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 import asyncpg
@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 
 from ingest import metrics
 from ingest.acceptance import AcceptanceLog, Claim, Claimed, Outcome, body_hash
+from ingest.directory import KeyRecord, keys_of
 from ingest.facts import FieldProblem, UsageWindow, envelope, usage_problems, usage_recorded
 from metering.core.ratecard import RateCard
 from metering.db import Connection
@@ -50,22 +51,14 @@ def count_usage(results: Sequence[UsageResult]) -> None:
             metrics.REJECTIONS.labels(problem.reason).inc()
 
 
-class DirectoryError(Exception):
-    """A plan command that does not fit what ingest knows (unknown id, second subscription)."""
-
-    def __init__(self, status: int, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-
-
 @dataclass(frozen=True)
 class PlanCommand:
     """One plan fact to append, with its idempotency key and its effect on the directory.
 
     `apply_to_directory` runs inside the accepting transaction; it raises `DirectoryError`
-    when the command does not fit, and returns the account the fact belongs to.
+    when the command could not take effect, and returns the account the fact belongs to.
+    `recorded_at` is the server's clock at the command: what the registry judged it by, and
+    the fact's recording time, so the fold judges it by the same instant.
     """
 
     scope: str
@@ -74,6 +67,7 @@ class PlanCommand:
     event_type: str
     payload: Contract
     occurred_at: datetime
+    recorded_at: datetime
     apply_to_directory: Callable[[Connection], Awaitable[str]]
     response: dict[str, object] = field(default_factory=dict)
 
@@ -111,10 +105,12 @@ class Intake:
     async def accept_usage(self, reports: Sequence[UsageReport]) -> list[UsageResult]:
         """Accept a batch of reports: one database round trip, one round of acks."""
         now = self._clock()
+        keys = await self._keys_of(reports)
         results: list[UsageResult | None] = []
         claims: list[Claim] = []
         for report in reports:
-            problems = usage_problems(report, self._card, self._window, now)
+            key = keys.get(report.key_id)
+            problems = usage_problems(report, self._card, self._window, now, key)
             if problems:
                 results.append(UsageResult("invalid", problems=problems))
                 continue
@@ -144,6 +140,12 @@ class Intake:
             _usage_result(c, report_id=claim.key) for c, claim in zip(claimed, claims, strict=True)
         )
         return [result if result is not None else next(judged) for result in results]
+
+    async def _keys_of(self, reports: Sequence[UsageReport]) -> dict[str, KeyRecord]:
+        if not reports:
+            return {}
+        async with self._pool().acquire() as conn:
+            return await keys_of(conn, [r.key_id for r in reports])
 
     async def accept_command(self, command: PlanCommand) -> CommandResult:
         """Append one plan fact, changing the directory in the same transaction as its claim."""
@@ -178,12 +180,20 @@ class Intake:
                     event_id=event_id,
                     account_id=account_id,
                     occurred_at=command.occurred_at,
-                    recorded_at=self._clock(),
+                    recorded_at=command.recorded_at,
                 ),
                 response={"event_id": str(event_id), **command.response},
             )
             [claimed] = await self._log.claim([claim], conn)
             return claimed
+
+    async def forget_old_usage(self) -> int:
+        """Forget usage reports no duplicate of which can still be accepted (the lateness
+        and skew allowed, plus an hour): ingest's memory of request ids stays bounded."""
+        window = self._window
+        return await self._log.forget_usage(
+            window.max_lateness + window.max_future_skew + timedelta(hours=1)
+        )
 
     async def republish_unconfirmed(self, older_than_seconds: float, limit: int = 500) -> int:
         """The relay's work: publish facts stored but never acknowledged; returns how many."""
@@ -220,10 +230,12 @@ def _usage_result(claimed: Claimed, report_id: str) -> UsageResult:
                     "request_id",
                     f"'{report_id}' was already used for a different report "
                     f"(event {claimed.event_id}); a retry must resend the same body",
-                    "conflict",
+                    "conflicting_report",
                 )
             ],
         )
-    if claimed.outcome is Outcome.DUPLICATE:
+    if claimed.outcome in (Outcome.DUPLICATE, Outcome.UNCONFIRMED):
+        # UNCONFIRMED: claimed earlier (by a concurrent call, or by this caller's attempt that
+        # answered 503), published again now under the same id: one charge, one 202 in all
         return UsageResult("duplicate", claimed.event_id)
     return UsageResult("accepted", claimed.event_id)

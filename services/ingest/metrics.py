@@ -12,7 +12,8 @@ USAGE_REPORTS = Counter(
 REJECTIONS = Counter(
     "metering_ingest_rejections_total",
     "Refused fields of usage reports, by reason (malformed, unknown_model, occurred_in_future, "
-    "occurred_too_late, no_rate_card_in_force, conflict).",
+    "occurred_too_late, unknown_key, key_revoked, tokens_beyond_context, ..., "
+    "conflicting_report: the problem codes of the README).",
     ["reason"],
 )
 PLAN_COMMANDS = Counter(

@@ -1,4 +1,4 @@
-"""The ledger's HTTP API: quotes, usage details and monthly statements.
+"""The ledger's HTTP API: quotes, usage details, monthly statements and fact lookups.
 
 Every call needs a bearer token (the admin or the read token): the usage and statements
 are the team's data, and the operator-set prices of the rate card are commercial ones.
@@ -6,6 +6,7 @@ are the team's data, and the operator-set prices of the rate card are commercial
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,12 +17,14 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ledger.lookup import LookupStore, parse_event_id
 from ledger.usage import (
     BadCursor,
     csv_header,
     csv_rows,
     decode_cursor,
     encode_cursor,
+    in_utc,
     usage_row,
 )
 from metering.core.money import to_decimal_string as credits
@@ -38,6 +41,7 @@ from metering.statement import (
     subscription_month,
 )
 from schemas.api import (
+    FactStatus,
     Problem,
     QuoteComponent,
     QuoteRequest,
@@ -116,23 +120,35 @@ def ledger_router(
         format: Literal["json", "csv"] | None = None,
     ) -> Response:
         """JSON pages of `limit` rows; as CSV (`format=csv` or `Accept: text/csv`) every row
-        from `cursor` on, streamed. `from` is inclusive, `to` exclusive."""
-        for name, value in (("from", since), ("to", until)):
-            if value is not None and value.tzinfo is None:
+        from `cursor` on, streamed. `from` is inclusive, `to` exclusive; a date alone
+        (`2026-11-29`) means its midnight UTC."""
+        since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
+        bounds: dict[str, datetime | None] = {"from": since, "to": until}
+        for name, value in bounds.items():
+            if value is None:
+                continue
+            if value.tzinfo is None:
                 return problem(422, "Invalid request", f"{name} must have a time zone")
+            try:
+                bounds[name] = in_utc(value)
+            except ValueError as error:
+                return problem(422, "Invalid request", f"{name}: {error}")
         try:
             after = decode_cursor(cursor) if cursor else None
         except BadCursor as error:
             return problem(422, "Invalid request", str(error))
-        where = UsageFilter(subscription_id, since, until, seat_id, model)
+        where = UsageFilter(subscription_id, bounds["from"], bounds["to"], seat_id, model)
         async with pool().acquire() as conn:
             if await _account_of(conn, subscription_id) is None:
                 return _unknown_subscription(subscription_id)
             if format == "csv" or (
                 format is None and "text/csv" in request.headers.get("accept", "")
             ):
+                # The first page is read before the answer starts: what the filters or the
+                # database refuse is a 4xx/5xx problem, never a 200 cut short.
+                first = await _deductions(conn, where, after, CSV_PAGE)
                 return StreamingResponse(
-                    _csv_pages(pool, where, after),
+                    _csv_pages(pool, where, first),
                     media_type="text/csv; charset=utf-8",
                     headers={
                         "Content-Disposition": f'attachment; filename="usage-{subscription_id}.csv"'
@@ -172,6 +188,8 @@ def ledger_router(
                 _, start, end = subscription_month(sub, month)
             except MonthOutsideSubscription as error:
                 return problem(422, "Invalid request", str(error))
+            except (ValueError, OverflowError):  # a month whose end is past year 9999
+                return problem(422, "Invalid request", f"month {month} is out of range")
             usage_rows = await conn.fetch(_MONTH_USAGE, subscription_id, start, end)
             packs_since = min((p.purchased_at for p in sub.packs), default=start)
             pack_rows = await conn.fetch(_PACK_PAID, subscription_id, start, end, packs_since)
@@ -183,7 +201,43 @@ def ledger_router(
         )
         return Response(body.model_dump_json(), media_type="application/json")
 
+    @router.get(
+        "/v1/events/{event_id}",
+        response_model=FactStatus,
+        summary="Where did my fact go: accepted, applied or rejected, with its ledger entries",
+    )
+    async def event(event_id: str) -> Response:
+        known = parse_event_id(event_id)
+        if known is not None:
+            async with pool().acquire() as conn, _snapshot(conn):
+                found = await LookupStore(conn).event(known)
+            if found is not None:
+                return Response(found.model_dump_json(), media_type="application/json")
+        return problem(404, "Not found", f"no fact has event id '{event_id}'", code="unknown_event")
+
+    @router.get(
+        "/v1/accounts/{account_id}/requests/{request_id}",
+        response_model=FactStatus,
+        summary="Where did my usage report go, by its request id",
+    )
+    async def request(account_id: str, request_id: str) -> Response:
+        async with pool().acquire() as conn, _snapshot(conn):
+            found = await LookupStore(conn).request(account_id, request_id)
+        if found is None:
+            return problem(
+                404,
+                "Not found",
+                f"account '{account_id}' has no usage with request id '{request_id}'",
+                code="unknown_request",
+            )
+        return Response(found.model_dump_json(), media_type="application/json")
+
     return router
+
+
+def _snapshot(conn: Connection) -> Any:
+    """A read-only transaction seeing ingest's and the ledger's tables at one instant."""
+    return conn.transaction(isolation="repeatable_read", readonly=True)
 
 
 def _unknown_subscription(subscription_id: str) -> JSONResponse:
@@ -225,17 +279,18 @@ async def _deductions(
 
 
 async def _csv_pages(
-    pool: Callable[[], asyncpg.Pool], where: UsageFilter, after: tuple[datetime, str] | None
+    pool: Callable[[], asyncpg.Pool], where: UsageFilter, rows: list[UsageRow]
 ) -> AsyncIterator[str]:
+    """The header and `rows` (the first page, already read), then the pages after them."""
     yield csv_header()
     while True:
-        async with pool().acquire() as conn:
-            rows = await _deductions(conn, where, after, CSV_PAGE)
         if rows:
             yield csv_rows(rows)
         if len(rows) < CSV_PAGE:
             return
         after = rows[-1].deducted_at, rows[-1].event_id
+        async with pool().acquire() as conn:
+            rows = await _deductions(conn, where, after, CSV_PAGE)
 
 
 _MONTH_USAGE = """
@@ -259,3 +314,14 @@ WHERE e.subscription_id = $1 AND e.event_type = 'CreditsDeducted' AND e.packs_pa
   AND e.occurred_at >= $4 AND e.occurred_at < $3 AND line->>'bucket' = 'pack'
 GROUP BY 1
 """
+
+
+def _midnight_utc(request: Request, name: str, value: datetime | None) -> datetime | None:
+    """A date alone (`?from=2026-11-29`) is that day's midnight UTC; a time keeps its zone
+    (and one without a zone is still refused)."""
+    if value is not None and _DATE_ONLY.fullmatch(request.query_params.get(name, "")):
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")

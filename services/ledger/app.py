@@ -14,7 +14,7 @@ from ledger.api import ledger_router
 from ledger.projection import OUTBOX, LedgerProjection, LedgerTopics
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer
+from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 
@@ -27,16 +27,20 @@ def build_app(settings: Settings) -> FastAPI:
     topics = LedgerTopics(settings.ledger_topic, settings.dlq_topic)
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_options=settings.kafka_options(),
         topic=settings.events_topic,
         group=settings.ledger_consumer_group,
         client_id="metering-ledger",
         pool=pool,
         projection=LedgerProjection(card, topics, on_commit=relay.wake),
         metrics=metrics.CONSUMER,
+        stuck_after=StuckAfter(
+            settings.projection_stuck_after_failures, settings.projection_stuck_after_seconds
+        ),
     )
     runtime.add_worker(relay)
     runtime.add_worker(consumer)
-    app = create_app("ledger", runtime.lifespan, runtime.readiness)
+    app = create_app("ledger", runtime.lifespan, runtime.readiness, settings=settings)
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(ledger_router(card, pool, guard))
     return app

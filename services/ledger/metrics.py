@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from metering.metrics import per_subscription
 from metering.projection import consumer_metrics
 
 EVENTS_APPLIED = Counter(
@@ -20,10 +21,13 @@ CREDITS_DEDUCTED = Counter(
     "Micro-credits paid by buckets, by model, seat tier and bucket (seat or pack).",
     ["model", "tier", "bucket"],
 )
-SUBSCRIPTION_CREDITS_DEDUCTED = Counter(
-    "metering_ledger_subscription_credits_deducted_micro_total",
-    "Micro-credits paid by buckets, by subscription and seat tier (for the business view).",
-    ["subscription_id", "tier"],
+SUBSCRIPTION_CREDITS_DEDUCTED = per_subscription(
+    Counter(
+        "metering_ledger_subscription_credits_deducted_micro_total",
+        "Micro-credits paid by buckets, by subscription and seat tier (for the business view; "
+        "only with METRICS_PER_SUBSCRIPTION, for at most METRICS_SUBSCRIPTION_SERIES_MAX).",
+        ["subscription_id", "tier"],
+    )
 )
 SHORTFALL = Counter(
     "metering_ledger_shortfall_micro_total",

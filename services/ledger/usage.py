@@ -12,8 +12,9 @@ import base64
 import binascii
 import csv
 import io
+import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -40,7 +41,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadCursor(f"cursor {cursor!r} is not one this API returned") from error
     if deducted_at.tzinfo is None or not isinstance(event_id, str):
         raise BadCursor(f"cursor {cursor!r} is not one this API returned")
+    try:
+        uuid.UUID(event_id)
+        deducted_at = in_utc(deducted_at)
+    except ValueError as error:
+        raise BadCursor(f"cursor {cursor!r} is not one this API returned") from error
     return deducted_at, event_id
+
+
+def in_utc(moment: datetime) -> datetime:
+    """`moment` in UTC, or ValueError when that falls outside years 1 to 9999 (e.g.
+    0001-01-01T00:00:00+01:00), which neither Python nor PostgreSQL can hold."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is out of range") from None
 
 
 _PRODUCT = {"seat": "seat_quota", "pack": "shared_pack"}
@@ -137,5 +152,17 @@ def csv_rows(rows: Iterable[UsageRow]) -> str:
 
 def _csv_line(values: Iterable[object]) -> str:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(values)
+    csv.writer(out, lineterminator="\r\n").writerow(safe_cell(v) for v in values)
     return out.getvalue()
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
+
+
+def safe_cell(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, with a leading single quote
+    (shown as text, the value still readable); numbers and other cells as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value

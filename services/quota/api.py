@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -17,9 +18,10 @@ from metering.apikeys import key_hash
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
 from metering.core.views import SeatView, SubscriptionView, seat_view, subscription_view
+from metering.edges import TrustedProxies
 from metering.http import problem, validation_problem
 from quota import metrics
-from quota.authorize import authorize, presented_key
+from quota.authorize import Decision, decide, key_holder, presented_key
 from quota.directory import Directory
 from quota.ratelimit import FailedKeyLimiter
 from schemas.api import (
@@ -36,6 +38,16 @@ _DENIED = {status: {"model": AuthorizeDenied} for status in (400, 401, 403, 404,
 
 
 AUTHORIZE_PATH = "/v1/authorize"
+MEMBER_API_KEY = HTTPBearer(
+    auto_error=False,
+    scheme_name="memberApiKey",
+    description="a member's API key (sk-tp-...): authorize answers 401 itself when it is "
+    "missing or not valid",
+)
+
+
+def _schema(model: type[Contract]) -> dict[str, object]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")
 
 
 class Authorizer:
@@ -52,25 +64,39 @@ class Authorizer:
         key_hash_secret: str,
         limiter: FailedKeyLimiter,
         clock: Callable[[], datetime],
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self._directory = directory
         self._card = card
         self._key_hash_secret = key_hash_secret
         self._limiter = limiter
         self._clock = clock
+        self._proxies = proxies or TrustedProxies()
 
     def _hash_key(self, api_key: str) -> str:
         return key_hash(api_key, self._key_hash_secret)
 
-    def respond(self, body: AuthorizeRequest, request: Request) -> Response:
+    async def respond(self, request: Request) -> Response:
+        """The answer to one authorize request: the key is checked before the body is read,
+        so a caller without a valid key never gets its body parsed (nor, past the body
+        limit, read)."""
         started = time.perf_counter()
         api_key = presented_key(request.headers.get("authorization"))
-        decision = authorize(
-            self._directory, api_key, self._hash_key, body, self._clock(), self._card
-        )
+        now = self._clock()
+        holder = key_holder(self._directory, api_key, self._hash_key, now)
+        if isinstance(holder, Decision):
+            decision = holder
+        else:
+            try:
+                body = AuthorizeRequest.model_validate_json(await request.body())
+            except ValidationError as error:
+                return validation_problem(error)
+            decision = decide(holder, body, now, self._card)
         retry_after = None
         if decision.key_failed:
-            retry_after = self._limiter.failed(_client_address(request), time.monotonic())
+            retry_after = self._limiter.failed(
+                self._proxies.of_scope(request.scope), time.monotonic()
+            )
         metrics.AUTHORIZE_SECONDS.observe(time.perf_counter() - started)
         if retry_after is not None:
             metrics.AUTHORIZE_DECISION("rate_limited", "too_many_failed_keys").inc()
@@ -100,13 +126,7 @@ class AuthorizeFastPath:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route
-        request = Request(scope, receive)
-        try:
-            body = AuthorizeRequest.model_validate_json(await request.body())
-        except ValidationError as error:
-            response: Response = validation_problem(error)
-        else:
-            response = self.authorizer.respond(body, request)
+        response = await self.authorizer.respond(Request(scope, receive))
         await response(scope, receive, send)
 
 
@@ -124,9 +144,16 @@ def quota_router(
         summary="May this member API key call this model now?",
         response_model=AuthorizeAllowed,
         responses=_DENIED,  # type: ignore[arg-type]
+        dependencies=[Depends(MEMBER_API_KEY)],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(AuthorizeRequest)}},
+            }
+        },
     )
-    async def post_authorize(body: AuthorizeRequest, request: Request) -> Response:
-        return authorizer.respond(body, request)
+    async def post_authorize(request: Request) -> Response:
+        return await authorizer.respond(request)
 
     @router.get(
         "/v1/seats/{seat_id}",
@@ -159,15 +186,6 @@ def quota_router(
         return _json(200, _overview(view, now))
 
     return router
-
-
-def _client_address(request: Request) -> str:
-    """The caller's address: the first `X-Forwarded-For` hop (the gateway passes the end
-    client's), else the peer. Put quota behind the gateway, never on the open network."""
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded:
-        return forwarded.split(",", 1)[0].strip()
-    return request.client.host if request.client else "unknown"
 
 
 def _too_many_failures(retry_after: float) -> Response:

@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 
 from metering.http import bearer_guard, create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer
+from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
 from metering.settings import Settings
 from quota import metrics
@@ -50,21 +50,33 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     )
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        kafka_options=settings.kafka_options(),
         topic=settings.events_topic,
         group=settings.quota_consumer_group,
         client_id="metering-quota",
         pool=pool,
         projection=projection,
         metrics=metrics.CONSUMER,
+        stuck_after=StuckAfter(
+            settings.projection_stuck_after_failures, settings.projection_stuck_after_seconds
+        ),
     )
     runtime.add_worker(projection)
     runtime.add_worker(relay)
     runtime.add_worker(consumer)
     runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
     limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
-    authorizer = Authorizer(projection.directory, card, key_hash_secret, limiter, clock)
+    authorizer = Authorizer(
+        projection.directory, card, key_hash_secret, limiter, clock, settings.proxies()
+    )
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
-    app = create_app("quota", runtime.lifespan, runtime.readiness, hot_paths=hot_paths)
+    app = create_app(
+        "quota",
+        runtime.lifespan,
+        runtime.readiness,
+        hot_paths=hot_paths,
+        settings=settings,
+    )
     guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
     app.include_router(quota_router(projection.directory, authorizer, clock, guard))
     return app

@@ -57,6 +57,20 @@ def authorize(
     card: RateCard,
 ) -> Decision:
     """The decision for `api_key` (None: none presented) asking for `request` at `now`."""
+    holder = key_holder(directory, api_key, hash_key, now)
+    if isinstance(holder, Decision):
+        return holder
+    return decide(holder, request, now, card)
+
+
+def key_holder(
+    directory: Directory,
+    api_key: str | None,
+    hash_key: Callable[[str], str],
+    now: datetime,
+) -> KeyHolder | Decision:
+    """The holder of a valid `api_key`, or the 401 decision: what can be answered before
+    the request's body is read."""
     if api_key is None:
         return _denied(401, "missing_api_key", NO_KEY)
     if not api_key.startswith(TOKEN_PLAN_PREFIX):
@@ -64,6 +78,11 @@ def authorize(
     holder = directory.key(hash_key(api_key))
     if holder is None or _revoked(holder, now):
         return _denied(401, "invalid_api_key", INVALID_KEY)
+    return holder
+
+
+def decide(holder: KeyHolder, request: AuthorizeRequest, now: datetime, card: RateCard) -> Decision:
+    """The decision for the holder of a valid key asking for `request` at `now`."""
     key = holder.key
     model_refused = _model_refusal(request, now, card)
     if model_refused is not None:

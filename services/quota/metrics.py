@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from metering.metrics import child_of
+from metering.metrics import child_of, per_subscription
 from metering.projection import consumer_metrics
 
 AUTHORIZE_DECISIONS = Counter(
@@ -31,11 +31,14 @@ for _reason in (
     "subscription_expired",
 ):  # at 0 from the start, so the first suspensions of a reason show as an increase
     SEATS_SUSPENDED.labels(_reason)
-SUBSCRIPTION_UTILIZATION = Gauge(
-    "metering_quota_subscription_utilization_ratio",
-    "Credits used of the credits available this month (seats and valid packs), 0 to 1, "
-    "per active subscription.",
-    ["subscription_id"],
+SUBSCRIPTION_UTILIZATION = per_subscription(
+    Gauge(
+        "metering_quota_subscription_utilization_ratio",
+        "Credits used of the credits available this month (seats and valid packs), 0 to 1, "
+        "per active subscription (only with METRICS_PER_SUBSCRIPTION, for at most "
+        "METRICS_SUBSCRIPTION_SERIES_MAX).",
+        ["subscription_id"],
+    )
 )
 SEAT_STATUSES_PUBLISHED = Counter(
     "metering_quota_seat_statuses_published_total",

@@ -374,6 +374,36 @@ def test_service_monitor_scrapes_every_service(rendered: Render) -> None:
             assert endpoint["port"] in [port["name"] for port in svc["spec"]["ports"]]
 
 
+def test_metrics_are_scraped_with_the_services_metrics_token(rendered: Render) -> None:
+    """/metrics is private: Prometheus presents the same secret the services check."""
+    [monitor] = rendered.all("ServiceMonitor")
+    for service in SERVICES:
+        container = container_of(rendered.workload(service))
+        [token] = [var for var in container["env"] if var["name"] == "METRICS_TOKEN"]
+        secret = token["valueFrom"]["secretKeyRef"]
+        for endpoint in monitor["spec"]["endpoints"]:
+            credentials = endpoint["authorization"]["credentials"]
+            assert endpoint["authorization"]["type"] == "Bearer"
+            assert (credentials["name"], credentials["key"]) == (secret["name"], secret["key"])
+            assert not secret.get("optional", False), service
+
+
+def test_a_network_policy_admits_only_the_http_port_of_every_service(rendered: Render) -> None:
+    [policy] = rendered.all("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    for service in SERVICES:
+        workload = rendered.workload(service)
+        assert selects(spec["podSelector"], pod_labels(workload)), service
+        http = [p for p in container_of(workload)["ports"] if p["name"] == "http"]
+        assert http, service
+    for rule in spec["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+        assert rule["from"], "an ingress rule without sources admits everyone"
+        for source in rule["from"]:
+            assert "ipBlock" not in source
+
+
 def test_every_contract_topic_is_a_kafka_topic(rendered: Render) -> None:
     config = rendered.config()
     expected = contract_topics(int(config["EVENTS_PARTITIONS"]))

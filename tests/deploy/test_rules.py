@@ -172,6 +172,36 @@ def test_every_alert_says_what_it_means_and_what_to_do() -> None:
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
 
 
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+RUNBOOK_ALERTS = (
+    "MeteringFactsRejectedByGuard",
+    "MeteringPartitionStuck",
+    "MeteringOffsetsPastEnd",
+)
+
+
+def runbook_anchors() -> set[str]:
+    """The anchors of docs/runbooks.md's headings, as GitHub renders them."""
+    text = re.sub(r"^```.*?^```", "", RUNBOOKS.read_text(), flags=re.MULTILINE | re.DOTALL)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
+    return {re.sub(r"[^\w-]", "", h.strip().lower().replace(" ", "-")) for h in headings}
+
+
+def test_every_runbook_url_points_at_a_runbook_entry() -> None:
+    anchors = runbook_anchors()
+    rules = [r for r in load_rules() if "alert" in r]
+    for alert in RUNBOOK_ALERTS:
+        assert any(r["alert"] == alert for r in rules), f"no alert {alert}"
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url")
+        if rule["alert"] in RUNBOOK_ALERTS:
+            assert url, f"{rule['alert']} has no runbook_url"
+        if url:
+            path, _, anchor = url.partition("#")
+            assert path == "docs/runbooks.md", f"{rule['alert']}: {url}"
+            assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in {path}"
+
+
 # -- the dashboards ------------------------------------------------------------------------
 
 

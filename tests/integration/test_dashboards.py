@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaProducer
 from metering.dev import run_services, wait_until_ready
 from metering.processes import die_with_parent, free_port, free_port_run, stop_process
 from metering.stack import Stack, start_stack
-from metering.topics import USAGE_REPORTS
-from tests.conftest import ADMIN_TOKEN, SECRETS
+from metering.topics import EVENTS, USAGE_REPORTS
+from tests.conftest import ADMIN_TOKEN, METRICS_TOKEN, SECRETS
 from tests.deploy.test_rules import (
     DASHBOARDS,
     RULES,
@@ -47,6 +47,7 @@ from tests.deploy.test_rules import (
 from tests.integration.test_ingest import usage
 from tests.integration.test_ingest_resilience import embedded_broker_process
 from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
+from tests.unit.event_builders import Facts
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -78,7 +79,12 @@ def running_prometheus(binary: str, tmp_path: Path, targets: dict[str, list[str]
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES)],
                 "scrape_configs": [
-                    {"job_name": job, "static_configs": [{"targets": hosts}]}
+                    {
+                        "job_name": job,
+                        "static_configs": [{"targets": hosts}],
+                        # /metrics is private: Prometheus presents the services' METRICS_TOKEN
+                        "authorization": {"type": "Bearer", "credentials": METRICS_TOKEN},
+                    }
                     for job, hosts in targets.items()
                 ],
             }
@@ -146,34 +152,42 @@ def drive_load(services: dict[str, str], stack: Stack) -> None:
             {**fine, "output_tokens": 1},  # conflict
             {**fine, "request_id": f"bad-{uuid.uuid4().hex}", "model": "gpt-9"},  # invalid
             {**fine, "request_id": f"bad-{uuid.uuid4().hex}", "input_tokens": -5},  # invalid
-            {**fine, "request_id": f"nokey-{uuid.uuid4().hex}", "key_id": "nokey"},  # FactRejected
         ]
         statuses = [
             r["status"]
             for r in ingest.post("/v1/usage/batch", json={"reports": reports}).json()["results"]
         ]
-        assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid", "accepted"]
+        assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid"]
 
-        team.use(1, 6, **BIG_USAGE)  # the seat's month and the pack, and shortfall
+        team.use(1, 465, **BIG_USAGE)  # 651,000: the seat's month, the pack, and shortfall
         assert until(lambda: authorize(quota, team.key(1)), status_is(403)).status_code == 403
         assert authorize(quota, team.key(2)).status_code == 200
         unknown_key = {"Authorization": "Bearer sk-tp-not-a-key", "X-Forwarded-For": "192.0.2.1"}
         denied = quota.post("/v1/authorize", json={"model": "qwen3.6-plus"}, headers=unknown_key)
         assert denied.status_code == 401, denied.text  # from an address of its own: no 429
         deducted = until(  # the ledger applied this round before the next one begins
-            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage"),
-            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 7,
+            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage?limit=1000"),
+            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 466,
         )
-        assert len(deducted.json()["rows"]) == 7, deducted.text
+        assert len(deducted.json()["rows"]) == 466, deducted.text
 
-    asyncio.run(_produce_unparseable_report(stack, team.account))
+    asyncio.run(_produce_around_ingest(stack, team.account))
 
 
-async def _produce_unparseable_report(stack: Stack, account: str) -> None:
+async def _produce_around_ingest(stack: Stack, account: str) -> None:
+    """An unparseable report to ingest's Kafka entry (a dead letter), and a usage of a
+    subscription no fact made straight to the events topic: ingest refuses every fact that
+    cannot take effect, so only a producer going around it makes the ledger's guard reject one.
+    """
+    foreign = Facts(f"{account}-foreign")
+    rejected = foreign.usage(datetime.now(UTC), sub="sub-nobody-made")
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(USAGE_REPORTS, b"{not json", key=account.encode())
+        await producer.send_and_wait(
+            EVENTS, rejected.model_dump_json().encode(), key=foreign.account_id.encode()
+        )
     finally:
         await producer.stop()
 

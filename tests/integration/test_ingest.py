@@ -18,20 +18,25 @@ from aiokafka import AIOKafkaProducer
 from metering.stack import Stack
 from metering.topics import DLQ, EVENTS, USAGE_REPORTS
 from schemas.envelope import parse_event
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, METRICS
 from tests.integration.kafka_reading import read_until
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+KEYS: dict[str, str] = {}
+"""Account id -> the key id of its one seat (made by `team`)."""
+
+
 def usage(account: str, request_id: str, **changes: Any) -> dict[str, Any]:
+    """A report for `account`'s seat (see `team`; an account never made has an unknown key)."""
     report = {
         "request_id": request_id,
         "account_id": account,
         "subscription_id": f"sub-{account}",
         "seat_id": f"seat-{account}",
-        "key_id": f"key-{account}",
+        "key_id": KEYS.get(account, f"key-{account}"),
         "model": "qwen3.6-plus",
         "occurred_at": datetime.now(UTC).isoformat(),
         "input_tokens": 8349,
@@ -39,6 +44,40 @@ def usage(account: str, request_id: str, **changes: Any) -> dict[str, Any]:
         "output_tokens": 573,
     }
     return {**report, **changes}
+
+
+def team(ingest: httpx.Client, prefix: str = "acct") -> str:
+    """A new account with a subscription started a day ago, one seat and its key."""
+    account = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    for path, body in _team_commands(account):
+        answer = ingest.post(path, json=body)
+        assert answer.status_code == 201, answer.text
+        if path.endswith("/keys"):
+            KEYS[account] = answer.json()["key_id"]
+    return account
+
+
+async def async_team(ingest: httpx.AsyncClient, prefix: str) -> str:
+    account = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    for path, body in _team_commands(account):
+        answer = await ingest.post(path, json=body)
+        assert answer.status_code == 201, answer.text
+        if path.endswith("/keys"):
+            KEYS[account] = answer.json()["key_id"]
+    return account
+
+
+def _team_commands(account: str) -> list[tuple[str, dict[str, Any] | None]]:
+    started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    sub = f"/v1/subscriptions/sub-{account}"
+    return [
+        (
+            "/v1/subscriptions",
+            {"account_id": account, "subscription_id": f"sub-{account}", "started_at": started},
+        ),
+        (f"{sub}/seats", {"seat_id": f"seat-{account}", "tier": "premium", "member": "ana"}),
+        (f"{sub}/seats/seat-{account}/keys", None),
+    ]
 
 
 @pytest.fixture
@@ -52,7 +91,7 @@ def test_plan_commands_answer_like_the_contract(ingest: httpx.Client) -> None:
     sub = {
         "account_id": account,
         "subscription_id": f"sub-{account}",
-        "started_at": "2026-11-01T00:00:00Z",
+        "started_at": (datetime.now(UTC) - timedelta(days=3)).isoformat(),
     }
     created = ingest.post("/v1/subscriptions", json=sub)
     assert created.status_code == 201
@@ -88,12 +127,15 @@ def test_plan_commands_answer_like_the_contract(ingest: httpx.Client) -> None:
     assert ingest.delete(f"/v1/keys/{key.json()['key_id']}").status_code == 200
     assert ingest.delete("/v1/keys/no-such-key").status_code == 404
 
-    pack = {"pack_id": f"pack-{account}", "purchased_at": "2026-11-02T00:00:00Z"}
+    now = datetime.now(UTC)
+    pack = {"pack_id": f"pack-{account}", "purchased_at": (now - timedelta(hours=1)).isoformat()}
     assert ingest.post(f"/v1/subscriptions/sub-{account}/packs", json=pack).status_code == 201
-    cancel = {"at": "2026-11-20T00:00:00Z"}
+    cancel = {"at": now.isoformat()}
     assert ingest.post(f"/v1/subscriptions/sub-{account}/cancel", json=cancel).status_code == 200
-    late_pack = {"pack_id": f"pack2-{account}", "purchased_at": "2026-11-21T00:00:00Z"}
-    assert ingest.post(f"/v1/subscriptions/sub-{account}/packs", json=late_pack).status_code == 409
+    late_pack = {"pack_id": f"pack2-{account}", "purchased_at": datetime.now(UTC).isoformat()}
+    ended = ingest.post(f"/v1/subscriptions/sub-{account}/packs", json=late_pack)
+    assert ended.status_code == 409
+    assert ended.json()["code"] == "subscription_ended"
 
 
 def test_write_calls_need_the_token_and_never_say_which_part_was_wrong(
@@ -109,7 +151,7 @@ def test_write_calls_need_the_token_and_never_say_which_part_was_wrong(
 
 
 def test_usage_is_accepted_once_and_conflicts_are_named(ingest: httpx.Client) -> None:
-    report = usage(f"acct-{uuid.uuid4().hex[:8]}", "req-1")
+    report = usage(team(ingest), "req-1")
     first = ingest.post("/v1/usage", json=report)
     assert first.status_code == 202
     assert first.json()["duplicate"] is False
@@ -141,7 +183,7 @@ def test_bad_usage_is_refused_naming_every_field(
 
 
 def test_batch_answers_each_report_in_order(ingest: httpx.Client) -> None:
-    account = f"acct-{uuid.uuid4().hex[:8]}"
+    account = team(ingest)
     seen, new = usage(account, "seen"), usage(account, "new")
     ingest.post("/v1/usage", json=seen)
     reports = [new, {"nonsense": 1}, seen, {**seen, "output_tokens": 7}, new]
@@ -158,7 +200,8 @@ async def test_ten_thousand_reports_land_exactly_once(
 ) -> None:
     """Posted in batches, some twice, some conflicting: each distinct report is on the log once."""
     run = uuid.uuid4().hex[:8]
-    accounts = [f"load-{run}-{n}" for n in range(20)]
+    async with httpx.AsyncClient(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest:
+        accounts = [await async_team(ingest, f"load-{run}") for _ in range(20)]
     reports = [usage(accounts[i % 20], f"r-{i}", input_tokens=i) for i in range(10_000)]
     rng = random.Random(7)
     resent = rng.sample(reports, 500)
@@ -178,7 +221,9 @@ async def test_ten_thousand_reports_land_exactly_once(
     records = await read_until(
         stack.kafka_bootstrap_servers,
         EVENTS,
-        wanted=lambda r: (r.key or b"").decode().startswith(f"load-{run}-"),
+        wanted=lambda r: (
+            (r.key or b"").decode() in accounts and b"UsageRecorded" in (r.value or b"")
+        ),
         done=lambda found: len(found) >= 10_000,
     )
     events = [parse_event(r.value or b"") for r in records]
@@ -191,7 +236,8 @@ async def test_ten_thousand_reports_land_exactly_once(
 async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
     stack: Stack, services: dict[str, str]
 ) -> None:
-    account = f"raw-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest:
+        account = await async_team(ingest, "raw")
     good = usage(account, "raw-1")
     messages = [
         orjson.dumps(good),
@@ -210,7 +256,7 @@ async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
     accepted = await read_until(
         stack.kafka_bootstrap_servers,
         EVENTS,
-        wanted=lambda r: r.key == account.encode(),
+        wanted=lambda r: r.key == account.encode() and b"UsageRecorded" in (r.value or b""),
         done=lambda found: len(found) >= 1,
     )
     assert [parse_event(r.value or b"").payload.request_id for r in accepted] == ["raw-1"]  # type: ignore[union-attr]
@@ -231,11 +277,11 @@ async def test_the_kafka_entry_accepts_reports_and_dead_letters_the_rest(
 
 
 def test_metrics_count_results_and_reasons(ingest: httpx.Client) -> None:
-    account = f"acct-{uuid.uuid4().hex[:8]}"
+    account = team(ingest)
     ingest.post("/v1/usage", json=usage(account, "m-1"))
     ingest.post("/v1/usage", json=usage(account, "m-2", model="gpt-9"))
     ingest.post("/v1/usage", json=usage(account, "m-3", input_tokens=-5))
-    text = ingest.get("/metrics").text
+    text = ingest.get("/metrics", headers=METRICS).text
     for line in (
         'metering_ingest_usage_reports_total{result="accepted"}',
         'metering_ingest_usage_reports_total{result="invalid"}',

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from metering.topics import EVENTS
 from schemas.envelope import parse_event
 from tests.conftest import ADMIN_TOKEN, SECRETS
 from tests.integration.kafka_reading import read_until
-from tests.integration.test_ingest import usage
+from tests.integration.test_ingest import async_team, team, usage
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -44,14 +43,14 @@ def embedded_broker_process(stack: Stack) -> psutil.Process:
 async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
     private_stack: Stack, tmp_path: Path
 ) -> None:
-    account = f"outage-{uuid.uuid4().hex[:8]}"
-    before, during, after = (usage(account, name) for name in ("before", "during", "after"))
     with run_services(
         private_stack, tmp_path, SECRETS, free_port_run(1), names=["ingest"]
     ) as running:
         wait_until_ready(running)
         url = running[0].url
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as client:
+            account = await async_team(client, "outage")
+            before, during, after = (usage(account, n) for n in ("before", "during", "after"))
             assert (await client.post("/v1/usage", json=before)).status_code == 202
             broker = embedded_broker_process(private_stack)
             broker.send_signal(signal.SIGSTOP)
@@ -71,7 +70,7 @@ async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
     records = await read_until(
         private_stack.kafka_bootstrap_servers,
         EVENTS,
-        wanted=lambda r: r.key == account.encode(),
+        wanted=lambda r: r.key == account.encode() and b"UsageRecorded" in (r.value or b""),
         done=lambda found: len(found) >= 3,
     )
     events = [parse_event(r.value or b"") for r in records]
@@ -87,7 +86,8 @@ async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
 def test_duplicates_are_caught_across_replicas_and_restarts(
     stack: Stack, services: dict[str, str], tmp_path: Path
 ) -> None:
-    report = usage(f"replica-{uuid.uuid4().hex[:8]}", "once")
+    with httpx.Client(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest:
+        report = usage(team(ingest, "replica"), "once")
     first = httpx.post(f"{services['ingest']}/v1/usage", json=report, headers=AUTH)
     assert first.status_code == 202
     for _restart in range(2):

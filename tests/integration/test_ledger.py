@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
+import io
 import os
 import random
 import signal
@@ -518,7 +520,7 @@ async def test_quote_usage_and_statement_over_http(
             tool_calls={"search": 2},
         ),
         facts.usage(start + timedelta(days=4), "s1", credits=26_000),
-        facts.usage(start + timedelta(days=35), "s2", credits=10),
+        facts.usage(start + timedelta(days=35), "s2", credits=10, request_id="=1+2"),
     ]
     await produce(
         env.stack.kafka_bootstrap_servers,
@@ -568,6 +570,10 @@ async def test_quote_usage_and_statement_over_http(
         assert [r["tool_calls"] for r in only_s2["rows"]] == [{"search": 2}]
         january = {"from": "2026-01-12T12:00:00Z", "to": "2026-02-10T09:00:00Z"}
         assert len((await client.get(usage, params=january)).json()["rows"]) == 2
+        days = {"from": "2026-01-13", "to": "2026-02-10"}  # a date alone: its midnight UTC
+        assert len((await client.get(usage, params=days)).json()["rows"]) == 2
+        naive = await client.get(usage, params={"from": "2026-01-13T00:00:00"})
+        assert (naive.status_code, naive.json()["detail"]) == (422, "from must have a time zone")
         as_csv = await client.get(usage, headers={"Accept": "text/csv"})
         assert as_csv.headers["content-type"].startswith("text/csv")
         lines = as_csv.text.splitlines()
@@ -598,6 +604,29 @@ async def test_quote_usage_and_statement_over_http(
         before = await client.get("/v1/subscriptions/sub-1/statement", params={"month": "2025-12"})
         assert before.status_code == 422
 
+        # a spreadsheet opening the export runs no formula (OWASP CSV injection)
+        exported = list(csv.DictReader(io.StringIO(as_csv.text)))
+        assert exported[0]["request_id"] == "'=1+2"
+
+        # every bad input is a 4xx problem, never a 500 (nor a 200 cut short)
+        extreme = [
+            {"from": "0001-01-01T00:00:00+01:00"},
+            {"to": "9999-12-31T23:59:59-14:00"},
+            {"cursor": base64.urlsafe_b64encode(b'["2026-01-01T00:00:00Z", "x"]').decode()},
+            {"seat_id": "s\x001"},
+        ]
+        bad = [
+            *[(usage, params) for params in extreme],
+            *[(usage, {**params, "format": "csv"}) for params in extreme],
+            ("/v1/subscriptions/sub-1/statement", {"month": "9999-12"}),
+            ("/v1/subscriptions/sub%00-1/usage", {}),
+        ]
+        for path, params in bad:
+            answer = await client.get(path, params=params)
+            assert 400 <= answer.status_code < 500, (path, params, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json", answer.text
+            assert answer.json()["code"], answer.text
+
 
 def test_a_bad_rate_card_stops_the_ledger_with_its_message(stack: Stack, tmp_path: Path) -> None:
     card = tmp_path / "card.yaml"
@@ -611,3 +640,82 @@ def test_a_bad_rate_card_stops_the_ledger_with_its_message(stack: Stack, tmp_pat
     )
     assert ledger.returncode != 0
     assert f"RATE_CARD_PATH: {card}" in ledger.stderr
+
+
+async def test_one_hostile_event_among_1000_stops_nothing(
+    env: IsolatedEnv, db: asyncpg.Connection
+) -> None:
+    """design.md §4a: a fact that fails to apply is rejected with its reason, identically in
+    the ledger and quota, and the partition goes on. Round one's ledger failed every batch
+    after `output_tokens: 10**16` (its price overflows a 64-bit column) and stayed ready."""
+    load = make_load(env.name, accounts=20, usages_per_account=50, seed=11)
+    hostile_account = f"{env.name}-acct-3"
+    hostile = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "UsageRecorded",
+        "schema_version": 1,
+        "occurred_at": (T0 + timedelta(days=7)).isoformat(),
+        "recorded_at": (T0 + timedelta(days=7)).isoformat(),
+        "account_id": hostile_account,
+        "payload": {
+            "request_id": "hostile",
+            "subscription_id": f"{env.name}-sub-3",
+            "seat_id": f"{env.name}-seat-3-0",
+            "key_id": f"key-{env.name}-seat-3-0",
+            "model": "qwen3.6-plus",
+            "input_tokens": 0,
+            "cached_tokens": 0,
+            "output_tokens": 10**16,
+            "thinking": False,
+            "tool_calls": {},
+            "images": 0,
+        },
+    }
+    middle = len(load.messages) // 2
+    load.messages.insert(middle, (hostile_account, orjson.dumps(hostile)))
+    assert len(load.messages) > 1000
+    await produce(env.stack.kafka_bootstrap_servers, env.events_topic, load.messages)
+    _, ledger_url = env.start("ledger")
+    _, quota_url = env.start("quota")
+    await wait_ready(ledger_url, env)
+    await wait_ready(quota_url, env)
+
+    async def both_done() -> bool:
+        rows = await db.fetch(
+            "SELECT consumer_group, sum(next_offset) AS n FROM consumer_offsets "
+            "WHERE topic = $1 GROUP BY consumer_group",
+            env.events_topic,
+        )
+        return len(rows) == 2 and all(row["n"] == len(load.messages) for row in rows)
+
+    await poll(both_done, "ledger and quota applying every message", env)
+    wanted = expected(load)
+    assert_same_ledger(await snapshot(db), wanted)
+    reason = await db.fetchval(
+        "SELECT reason FROM ledger_entries WHERE source_event_id = $1", hostile["event_id"]
+    )
+    assert reason == "unpriceable_usage"
+    ledger_states = {
+        r["account_id"]: r["state"]
+        for r in await db.fetch("SELECT account_id, state::text AS state FROM ledger_accounts")
+    }
+    quota_states = {
+        r["account_id"]: r["state"]
+        for r in await db.fetch("SELECT account_id, state::text AS state FROM quota_accounts")
+    }
+
+    def without_statuses(text: str) -> Any:
+        """The ledger does not publish seat statuses (quota does): compare the rest."""
+        state = orjson.loads(text)
+        for sub in state["subscriptions"].values():
+            for seat in sub["seats"].values():
+                seat.pop("status", None)
+                seat.pop("status_reason", None)
+        return state
+
+    assert {a: without_statuses(s) for a, s in ledger_states.items()} == {
+        a: without_statuses(s) for a, s in quota_states.items()
+    }
+    async with httpx.AsyncClient() as client:
+        for url in (ledger_url, quota_url):
+            assert (await client.get(f"{url}/readyz")).status_code == 200

@@ -21,14 +21,15 @@ from metering.core.calendar import add_months
 from metering.stack import Stack
 from metering.topics import SEAT_STATUS
 from schemas.envelope import parse_seat_status
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, METRICS
 from tests.integration.kafka_reading import read_until
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DEADLINE = 60.0
-BIG_USAGE = {"output_tokens": 100_000_000}
-"""120,000 credits of qwen3.6-plus (1,200 credits per million output tokens)."""
+BIG_USAGE = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+"""1,400 credits of qwen3.6-plus (200 credits per million input tokens, 1,200 per million
+output tokens): as much as one request within its context window of 1,000,000 tokens costs."""
 
 
 @pytest.fixture
@@ -179,7 +180,8 @@ async def test_seat_suspends_when_its_quota_and_the_pack_run_out_and_resumes_wit
     )
     assert allowed.json()["remaining"] == full, allowed.text
 
-    team.use(1, 6, **BIG_USAGE)  # 720,000 credits: the seat's 25,000 and the pack's 625,000
+    # 651,000 credits: the seat's 25,000, the pack's 625,000 and 1,000 more
+    team.use(1, 465, **BIG_USAGE)
     suspended = until(lambda: authorize(quota, team.key(1)), status_is(403))
     assert suspended.status_code == 403, suspended.text
     body = suspended.json()
@@ -214,7 +216,8 @@ async def test_seat_suspends_when_its_quota_and_the_pack_run_out_and_resumes_wit
 def test_seat_and_overview_show_balances_now(ingest: httpx.Client, quota: httpx.Client) -> None:
     team = make_team(ingest)
     team.buy_pack(datetime.now(UTC) - timedelta(hours=1))
-    team.use(1, 1, output_tokens=25_000_000)  # 30,000 credits: the seat's 25,000 and 5,000
+    # 25 x 1,200 = 30,000 credits: the seat's 25,000 and 5,000 of the pack
+    team.use(1, 25, output_tokens=1_000_000)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     seat = until(
         lambda: quota.get(f"/v1/seats/{team.seat(1)}", headers=admin),
@@ -408,7 +411,7 @@ def test_many_failed_keys_from_one_client_are_slowed_down_but_valid_keys_pass(
     assert int(answers[-1].headers["Retry-After"]) >= 1
     valid = {"Authorization": f"Bearer {ready_team.key(1)}", **client}
     assert quota.post("/v1/authorize", json={"model": "glm-5"}, headers=valid).status_code == 200
-    metrics = quota.get("/metrics").text
+    metrics = quota.get("/metrics", headers=METRICS).text
     assert 'metering_quota_authorize_decisions_total{code="too_many_failed_keys"' in metrics
     assert "metering_quota_authorize_seconds_bucket" in metrics
     assert "metering_quota_staleness_seconds" in metrics

@@ -16,7 +16,7 @@ import pytest
 from metering.dev import SERVICES, run_services, wait_until_ready
 from metering.processes import free_port_run
 from metering.stack import Stack
-from tests.conftest import SECRETS
+from tests.conftest import METRICS, SECRETS
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,8 @@ def test_health_readiness_and_metrics(services: dict[str, str], name: str) -> No
     ready = httpx.get(f"{url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": True, "broker": True, "consumers": True}
-    metrics = httpx.get(f"{url}/metrics")
+    assert httpx.get(f"{url}/metrics").status_code == 401  # private: METRICS_TOKEN
+    metrics = httpx.get(f"{url}/metrics", headers=METRICS)
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "process_cpu_seconds_total" in metrics.text
     assert httpx.get(f"{url}/openapi.json").json()["info"]["title"] == f"metering {name}"

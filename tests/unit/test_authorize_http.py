@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
+from ipaddress import ip_network
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from metering.edges import TrustedProxies
 from metering.http import Readiness, bearer_guard, create_app
 from quota.api import AuthorizeFastPath, Authorizer, quota_router
 from quota.ratelimit import FailedKeyLimiter
@@ -25,17 +27,27 @@ async def _no_lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-def quota_app(now: datetime, *, fast_path: bool, failed_keys_per_minute: int = 60) -> FastAPI:
+def quota_app(
+    now: datetime,
+    *,
+    fast_path: bool,
+    failed_keys_per_minute: int = 60,
+    proxies: TrustedProxies | None = None,
+) -> FastAPI:
     limiter = FailedKeyLimiter(failed_keys_per_minute)
-    authorizer = Authorizer(DIRECTORY, DEFAULT_CARD, SECRET, limiter, lambda: now)
+    authorizer = Authorizer(DIRECTORY, DEFAULT_CARD, SECRET, limiter, lambda: now, proxies)
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)] if fast_path else []
     app = create_app("quota", _no_lifespan, Readiness(), hot_paths=hot_paths)
     app.include_router(quota_router(DIRECTORY, authorizer, lambda: now, bearer_guard(["t"])))
     return app
 
 
-async def post(app: FastAPI, body: bytes, key: str | None = None) -> httpx.Response:
+async def post(
+    app: FastAPI, body: bytes, key: str | None = None, forwarded_for: str | None = None
+) -> httpx.Response:
     headers = {"content-type": "application/json"}
+    if forwarded_for is not None:
+        headers["x-forwarded-for"] = forwarded_for
     if key is not None:
         headers["authorization"] = f"Bearer {key}"
     transport = httpx.ASGITransport(app=app)
@@ -112,3 +124,69 @@ async def test_other_requests_pass_through_the_fast_path() -> None:
         assert (await client.get("/healthz")).json()["status"] == "ok"
         seat = await client.get("/v1/seats/seat-2packed", headers={"authorization": "Bearer t"})
         assert seat.json()["remaining"] == "25000"
+
+
+async def failed_key_answers(app: FastAPI, count: int) -> list[int]:
+    """`count` wrong keys from one peer, each claiming another client in X-Forwarded-For."""
+    body = b'{"model": "qwen3.6-plus"}'
+    return [
+        (await post(app, body, "sk-tp-guess", f"203.0.{i // 250}.{i % 250}")).status_code
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast path", "route"])
+async def test_a_forged_forwarded_for_does_not_escape_the_failed_key_limit(
+    fast_path: bool,
+) -> None:
+    """By default no forwarded header is believed: the peer is the client."""
+    statuses = await failed_key_answers(
+        quota_app(NOW, fast_path=fast_path, failed_keys_per_minute=20), 300
+    )
+    print(f"300 wrong keys, rotating X-Forwarded-For: {statuses.count(429)} answered 429")
+    assert statuses[:20] == [401] * 20
+    assert statuses.count(429) >= 270
+
+
+async def test_the_address_a_trusted_proxy_appended_is_the_client() -> None:
+    app = quota_app(NOW, fast_path=True, failed_keys_per_minute=20, proxies=TrustedProxies(hops=1))
+    assert set(await failed_key_answers(app, 300)) == {401}
+
+
+@pytest.mark.parametrize(
+    ("proxies", "peer", "forwarded", "client"),
+    [
+        (TrustedProxies(), "10.0.0.1", "6.6.6.6", "10.0.0.1"),
+        (TrustedProxies(), "10.0.0.1", None, "10.0.0.1"),
+        (TrustedProxies(hops=1), "10.0.0.1", "6.6.6.6, 1.2.3.4", "1.2.3.4"),
+        (TrustedProxies(hops=2), "10.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.9", "1.2.3.4"),
+        (TrustedProxies(hops=2), "10.0.0.1", "1.2.3.4", "10.0.0.1"),
+        (
+            TrustedProxies(networks=[ip_network("10.0.0.0/8")]),
+            "10.0.0.1",
+            "6.6.6.6, 1.2.3.4",
+            "1.2.3.4",
+        ),
+        (
+            TrustedProxies(networks=[ip_network("10.0.0.0/8")]),
+            "10.0.0.1",
+            "6.6.6.6, 1.2.3.4, 10.1.1.1",
+            "1.2.3.4",
+        ),
+        (TrustedProxies(networks=[ip_network("10.0.0.0/8")]), "1.2.3.4", "6.6.6.6", "1.2.3.4"),
+        (TrustedProxies(networks=[ip_network("10.0.0.0/8")]), "10.0.0.1", "10.2.2.2", "10.2.2.2"),
+        (TrustedProxies(networks=[ip_network("10.0.0.0/8")]), "10.0.0.1", "junk, 10.2.2.2", "junk"),
+    ],
+)
+def test_client_address(
+    proxies: TrustedProxies, peer: str, forwarded: str | None, client: str
+) -> None:
+    assert proxies.client_address(peer, forwarded) == client
+
+
+async def test_the_key_is_checked_before_the_body_is_read() -> None:
+    """A caller without a valid key gets its 401 whatever it sent: the body is not parsed."""
+    for key, code in [(None, "missing_api_key"), ("sk-tp-nobody", "invalid_api_key")]:
+        answer = await both(NOW, b"\x00 not JSON at all", key)
+        assert answer.status_code == 401
+        assert answer.json()["code"] == code

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from ingest.directory import KeyRecord
 from ingest.facts import UsageWindow, envelope, usage_problems, usage_recorded
 from metering.core.ratecard import load_rate_card
 from metering.settings import DEFAULT_RATE_CARD
@@ -17,6 +18,18 @@ from schemas.envelope import parse_event
 CARD = load_rate_card(DEFAULT_RATE_CARD)
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 WINDOW = UsageWindow(max_future_skew=timedelta(minutes=5), max_lateness=timedelta(hours=72))
+KEY = KeyRecord(
+    key_id="key-1",
+    account_id="acme",
+    subscription_id="sub-1",
+    seat_id="seat-1",
+    issued_at=NOW - timedelta(days=10),
+    revoked_at=None,
+    seat_added_at=NOW - timedelta(days=10),
+    seat_removed_at=None,
+    started_at=NOW - timedelta(days=20),
+    ends_at=None,
+)
 
 
 def report(**changes: object) -> UsageReport:
@@ -49,15 +62,61 @@ def report(**changes: object) -> UsageReport:
             {"model": "gpt-9", "occurred_at": NOW + timedelta(days=1)},
             ["occurred_in_future", "unknown_model"],
         ),
+        ({"images": 1}, ["unpriceable_usage"]),
+        ({"input_tokens": 1_000_000 - 40794}, []),
+        ({"input_tokens": 1_000_000 - 40793}, ["tokens_beyond_context"]),
+        ({"output_tokens": 1_000_001}, ["tokens_beyond_context"]),
+        ({"key_id": "key-2"}, ["unknown_key"]),
+        ({"account_id": "other"}, ["unknown_key"]),
+        ({"seat_id": "seat-2"}, ["key_not_for_seat"]),
+        ({"subscription_id": "sub-2"}, ["key_not_for_seat"]),
     ],
 )
 def test_usage_problems(changes: dict[str, object], reasons: list[str]) -> None:
-    problems = usage_problems(report(**changes), CARD, WINDOW, NOW)
+    problems = usage_problems(report(**changes), CARD, WINDOW, NOW, KEY)
     assert [p.reason for p in problems] == reasons
 
 
+MINUTE = timedelta(minutes=1)
+SECOND = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("key_changes", "occurred_at", "reasons"),
+    [
+        ({"revoked_at": NOW - MINUTE}, NOW - MINUTE, ["key_revoked"]),
+        ({"revoked_at": NOW - MINUTE}, NOW - 2 * MINUTE, []),  # the call started before
+        ({"issued_at": NOW - MINUTE}, NOW - 6 * MINUTE - SECOND, ["key_not_yet_issued"]),
+        ({"issued_at": NOW - MINUTE}, NOW - 5 * MINUTE, []),  # a clock behind, within skew
+        ({"ends_at": NOW - MINUTE}, NOW - MINUTE, ["subscription_not_active"]),
+        ({"ends_at": NOW - MINUTE}, NOW - 2 * MINUTE, []),
+        ({"started_at": NOW + MINUTE}, NOW, ["subscription_not_active"]),
+        ({"seat_removed_at": NOW - MINUTE}, NOW - MINUTE, ["seat_not_active"]),
+        (
+            {"seat_added_at": NOW - MINUTE, "issued_at": NOW - 9 * MINUTE},
+            NOW - 2 * MINUTE,
+            ["seat_not_active"],
+        ),
+        # a gateway clock ahead (within the skew) is judged at ingest's clock
+        ({"ends_at": NOW + MINUTE}, NOW + 2 * MINUTE, []),
+    ],
+)
+def test_key_seat_and_plan_at_the_usage_time(
+    key_changes: dict[str, object], occurred_at: datetime, reasons: list[str]
+) -> None:
+    key = _key(**key_changes)
+    problems = usage_problems(report(occurred_at=occurred_at), CARD, WINDOW, NOW, key)
+    assert [p.reason for p in problems] == reasons
+
+
+def _key(**changes: object) -> KeyRecord:
+    fields = {name: getattr(KEY, name) for name in KeyRecord.__slots__}
+    fields.update(changes)
+    return KeyRecord(**fields)
+
+
 def test_a_window_in_round_units_is_said_in_them() -> None:
-    [problem] = usage_problems(report(occurred_at=NOW - timedelta(days=4)), CARD, WINDOW, NOW)
+    [problem] = usage_problems(report(occurred_at=NOW - timedelta(days=4)), CARD, WINDOW, NOW, KEY)
     assert problem.field == "occurred_at"
     assert "older than the lateness bound of 72 hours" in problem.message
 

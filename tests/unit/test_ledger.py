@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from ledger.projection import ENTRY_COLUMNS, entry_row
@@ -61,6 +63,38 @@ def test_a_usage_row_shows_each_bucket_paid_and_renders_as_csv() -> None:
     assert lines[0]["tool_calls"] == "a=2; b=1"
     assert lines[0]["credits"] == "25001"
     assert lines[0]["deducted_at"] == "2026-01-11T09:00:00+00:00"
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote(start: str) -> None:
+    """OWASP CSV injection: read back with the csv module, every such cell is text."""
+    _, results = _deduction_results()
+    deduction = next(r for r in results if r.event_type == "CreditsDeducted")
+    row = usage_row(deduction.model_dump(mode="json")).model_copy(
+        update={
+            "request_id": f'{start}HYPERLINK("http://evil","x")',
+            "seat_id": f"{start}1+2",
+            "model": f"{start}cmd|' /C calc'!A0",
+            "tool_calls": {f"{start}x": 1},
+        }
+    )
+    [line] = list(csv.DictReader(io.StringIO(csv_header() + csv_rows([row]))))
+    assert line["request_id"] == f'\'{start}HYPERLINK("http://evil","x")'
+    assert line["seat_id"] == f"'{start}1+2"
+    assert line["model"] == f"'{start}cmd|' /C calc'!A0"
+    assert line["tool_calls"] == f"'{start}x=1"
+    assert line["credits"] == "25001"  # numbers and safe text as they were
+
+
+def test_a_cursor_must_name_an_event_id_and_a_time_in_range() -> None:
+    for event_id, when in [
+        ("not-a-uuid", "2026-03-01T10:00:00+00:00"),
+        ("9665ef28-0b88-5638-9260-b3adfb1fccd1", "0001-01-01T00:00:00+01:00"),
+        ("9665ef28-0b88-5638-9260-b3adfb1fccd1", "9999-12-31T23:59:59-14:00"),
+    ]:
+        cursor = base64.urlsafe_b64encode(orjson.dumps([when, event_id])).decode()
+        with pytest.raises(BadCursor):
+            decode_cursor(cursor)
 
 
 def test_ledger_entry_rows_carry_the_results_fields() -> None:

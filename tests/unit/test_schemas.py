@@ -4,11 +4,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from metering.core.fold import RESULT_NAMESPACE, derived_event_id
 from schemas import generate
 from schemas.api import SubscriptionCancel, UsageBatchRequest
+from schemas.base import Identifier
 from schemas.envelope import parse_event, parse_ledger_event
 
 USAGE = {
@@ -129,3 +130,30 @@ def test_asyncapi_describes_the_four_topics() -> None:
         "metering.dlq.v1",
     }
     assert document["asyncapi"] == "3.0.0"
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        "seat\u202eana",  # right-to-left override
+        "seat\u2066ana",  # left-to-right isolate
+        "seat\u200fana",  # right-to-left mark
+        "seat\u200bana",  # zero-width space
+        "seat\u200dana",  # zero-width joiner
+        "seat\ufeffana",  # zero-width no-break space
+        "seat\u0085ana",  # C1 next line
+        "seat\u009bana",  # C1 control sequence introducer
+        "seat\x1bana",  # C0 escape
+        "seat\u2028ana",  # line separator
+        "",
+        "x" * 201,
+    ],
+)
+def test_identifiers_refuse_invisible_and_reordering_characters(identifier: str) -> None:
+    with pytest.raises(ValidationError):
+        TypeAdapter(Identifier).validate_python(identifier)
+
+
+@pytest.mark.parametrize("identifier", ["seat-1", "Ana Müller", "团队-7", "a@b.c", "x" * 200])
+def test_identifiers_take_printable_text(identifier: str) -> None:
+    assert TypeAdapter(Identifier).validate_python(identifier) == identifier
