@@ -405,6 +405,15 @@ def test_each_rejection_says_why() -> None:
         "unknown_key",
         "API key 'key-9' is not known",
     )
+    assert _rejection([*team, f.usage(t, key="key-seat-1", seat="seat-1", sub="sub-9")]) == (
+        "unknown_subscription",
+        "subscription 'sub-9' is not known",
+    )
+    two = [*f.team(JAN31, ("seat-1", "standard"), ("seat-2", "standard"))]
+    assert _rejection([*two, f.usage(t, "seat-2", key="key-seat-1")]) == (
+        "key_not_for_seat",
+        "API key 'key-seat-1' belongs to seat 'seat-1'",
+    )
     revoked = [*team, f.revoke_key(t, "key-seat-1")]
     assert _rejection([*revoked, f.revoke_key(t, "key-seat-1")]) == (
         "key_revoked",
