@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit bench lint typecheck pytest deploy-tools schemas lock clean
+.PHONY: install run test test-unit bench lint typecheck pytest deploy-tools schemas lock clean mutation
 
 install: $(STAMP)
 
@@ -44,6 +44,18 @@ pytest: install deploy-tools
 bench: install
 	$(BIN)/metering bench --out bench
 
+## make mutation: mutation testing of all of metering/core, killed by tests/unit alone (slow, not
+## part of `make test`); writes mutation/report.md (score per module, survivors, equivalents)
+MUTATION_WORKERS ?= 2
+mutation: install
+	rm -rf mutants
+	@start=$$(date +%s); \
+	nice -n 19 $(BIN)/mutmut run --max-children $(MUTATION_WORKERS) > mutation/run.log 2>&1 \
+		|| { tail -c 3000 mutation/run.log; exit 1; }; \
+	$(BIN)/python mutation/report.py --seconds $$(( $$(date +%s) - start )) \
+		--commit "$$(git rev-parse --short HEAD 2>/dev/null)" > mutation/report.md
+	@sed -n '/^| module/,/^$$/p' mutation/report.md
+
 ## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests
 deploy-tools: install
 	bash deploy/k8s/ensure-kustomize.sh
@@ -59,4 +71,4 @@ lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants
