@@ -9,6 +9,7 @@ Each page's screenshot is saved under the run's output directory (and, with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -263,3 +264,54 @@ async def test_console_in_a_browser(
     screenshots(browser, "member")
     browser.get(f"{console}/subscriptions/{sub}")
     assert "Please sign in" in browser.page_source
+
+
+def metering(services: dict[str, str], token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`metering <args>` reading the session's services with `token` (METERING_TOKEN)."""
+    env = {
+        **os.environ,
+        "QUOTA_URL": services["quota"],
+        "LEDGER_URL": services["ledger"],
+        "METERING_TOKEN": token,
+        "METERING_ENV_FILE": "/nonexistent",
+    }
+    command = [sys.executable, "-m", "metering.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
+async def test_terminal_views(ingest: httpx.AsyncClient, services: dict[str, str]) -> None:
+    """`metering overview` and `metering usage`: the console's figures in a terminal, or the
+    APIs' own JSON with `--json`, read with a team token."""
+    team = await new_team(ingest)
+    await team.use(team.seat, SEED_USAGE)
+    token = await team_token(ingest, team)
+    sub = team.subscription_id
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as api:
+        usage_url = f"{services['ledger']}/v1/subscriptions/{sub}/usage"
+        await eventually(lambda: api.get(usage_url), lambda a: len(a.json()["rows"]) == 1)
+        await eventually(
+            lambda: api.get(f"{services['quota']}/v1/subscriptions/{sub}/overview"),
+            lambda a: a.json()["used"] != "0",
+        )
+        overview = (await api.get(f"{services['quota']}/v1/subscriptions/{sub}/overview")).json()
+        rows = (await api.get(usage_url, params={"model": MODEL})).json()["rows"]
+
+    shown = metering(services, token, "overview", "--subscription", sub)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{credits(overview['used'])} of {credits(overview['quota'])} credits" in shown.stdout
+    assert team.seat.seat_id in shown.stdout
+    as_json = metering(services, token, "overview", "--subscription", sub, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["used"] == overview["used"]
+
+    listed = metering(services, token, "usage", "--subscription", sub, "--model", MODEL)
+    assert listed.returncode == 0, listed.stderr
+    assert rows[0]["request_id"] in listed.stdout
+    assert "1 requests, 3.18 credits" in listed.stdout
+    listed_json = metering(services, token, "usage", "--subscription", sub, "--json")
+    assert json.loads(listed_json.stdout)["rows"] == rows
+
+    other = await new_team(ingest)
+    refused = metering(services, token, "overview", "--subscription", other.subscription_id)
+    assert refused.returncode == 1
+    assert "not found" in refused.stderr
