@@ -56,10 +56,12 @@ mutation: install
 		--commit "$$(git rev-parse --short HEAD 2>/dev/null)" > mutation/report.md
 	@sed -n '/^| module/,/^$$/p' mutation/report.md
 
-## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests
+## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests,
+## and Debian's chromium and chromium-driver, for the console's browser tests
 deploy-tools: install
 	bash deploy/k8s/ensure-kustomize.sh
 	sh deploy/prometheus/ensure-prometheus.sh
+	sh deploy/browser/ensure-chromium.sh
 
 ## make schemas: regenerate the JSON Schema / AsyncAPI documents from the pydantic contracts
 schemas: install
