@@ -288,10 +288,13 @@ async def test_terminal_views(ingest: httpx.AsyncClient, services: dict[str, str
     sub = team.subscription_id
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as api:
         usage_url = f"{services['ledger']}/v1/subscriptions/{sub}/usage"
-        await eventually(lambda: api.get(usage_url), lambda a: len(a.json()["rows"]) == 1)
         await eventually(
+            lambda: api.get(usage_url),
+            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 1,
+        )
+        await eventually(  # 404 until quota has applied the subscription
             lambda: api.get(f"{services['quota']}/v1/subscriptions/{sub}/overview"),
-            lambda a: a.json()["used"] != "0",
+            lambda a: a.status_code == 200 and a.json()["used"] != "0",
         )
         overview = (await api.get(f"{services['quota']}/v1/subscriptions/{sub}/overview")).json()
         rows = (await api.get(usage_url, params={"model": MODEL})).json()["rows"]
