@@ -192,7 +192,7 @@ def authorizer() -> Authorizer:
 
 
 async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    """`general_settings.custom_auth: metering_litellm.user_api_key_auth`.
+    """`general_settings.custom_auth: metering_litellm.auth.user_api_key_auth`.
 
     Every failure is a `ProxyException`: LiteLLM turns any other exception into a 500."""
     try:

@@ -23,7 +23,7 @@ log = logging.getLogger("metering_litellm")
 
 
 class MeteringCallback(CustomLogger):  # type: ignore[misc]
-    """`litellm_settings.callbacks: metering_litellm.metering_callback`."""
+    """`litellm_settings.callbacks: metering_litellm.callback.metering_callback`."""
 
     def __init__(self) -> None:
         super().__init__()
