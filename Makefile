@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit bench lint typecheck pytest deploy-tools schemas lock clean
+.PHONY: install run test test-unit bench bench-gateway lint typecheck pytest deploy-tools schemas lock clean
 
 install: $(STAMP)
 
@@ -60,3 +60,8 @@ lock: install
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+## make bench-gateway: what the LiteLLM plugin adds per call (p50/p99, with and without the
+## allow cache) and calls/s of one proxy worker with metering on; writes bench/gateway.json
+bench-gateway: install
+	$(BIN)/python -m metering_litellm.bench --out bench/gateway.json

@@ -78,6 +78,7 @@ class Authorizer:
         self._client: httpx.AsyncClient | None = None
         self._seat_statuses: Any = None
         self._seat_statuses_started = False
+        self._starting: asyncio.Task[None] | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -89,7 +90,6 @@ class Authorizer:
         return self._client
 
     async def _start_seat_statuses(self) -> None:
-        self._seat_statuses_started = True
         if not self.config.seat_status_bootstrap_servers:
             return
         from metering.seat_status_client import SeatStatusCache
@@ -114,7 +114,9 @@ class Authorizer:
 
     async def authorize(self, request: Request, api_key: str) -> UserAPIKeyAuth:
         if not self._seat_statuses_started:
-            await self._start_seat_statuses()
+            # in the background: until it follows the topic, allows expire by time alone
+            self._seat_statuses_started = True
+            self._starting = asyncio.create_task(self._start_seat_statuses())
         body = await _read_request_body(request)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         endpoint = endpoint_kind(request.url.path)

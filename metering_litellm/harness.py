@@ -28,6 +28,8 @@ class Gateway:
     log: Path
     master_key: str
     """The proxy's own admin key (LiteLLM's `master_key`)."""
+    pid: int
+    """The proxy's process (its one worker serves in it)."""
 
 
 def _wait(url: str, process: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
@@ -107,7 +109,7 @@ def run_gateway(
         _wait(f"{backend_url}/v1/models", backend, backend_log, 30)
         proxy_url = f"http://127.0.0.1:{proxy_port}"
         _wait(f"{proxy_url}/health/liveliness", proxy, proxy_log, 120)
-        yield Gateway(proxy_url, backend_url, proxy_log, master_key)
+        yield Gateway(proxy_url, backend_url, proxy_log, master_key, proxy.pid)
     finally:
         stop_process(proxy)
         stop_process(backend)
