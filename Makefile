@@ -11,6 +11,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# pip 23.2 (the venv's own, here) refuses a hash-checked lock where a package asks for extras
+	# of a pinned one (litellm[proxy] → fastapi-sso → pydantic[email]); pip 24.2+ installs it
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'pip>=24.2'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
