@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for the three services and the operator's command line:
-#   metering-ingest | metering-ledger | metering-quota   (HTTP on $HTTP_PORT, 8000)
+# One image for the three services, the console and the operator's command line:
+#   metering-ingest | metering-ledger | metering-quota | metering-console   (HTTP on $HTTP_PORT, 8000)
 #   metering migrate | metering topics create             (one-off operator commands)
 # Kubernetes sets the command (deploy/k8s); with none, the image prints the CLI's help.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -26,7 +26,7 @@ RUN python -m venv --without-pip /opt/metering \
     && pip --python /opt/metering/bin/python install --no-index --find-links /wheels /src \
     && pip --python /opt/metering/bin/python check
 # The entry points the manifests run (tests/deploy checks this list against pyproject.toml).
-RUN for script in metering metering-ingest metering-ledger metering-quota; do \
+RUN for script in metering metering-ingest metering-ledger metering-quota metering-console; do \
         test -x "/opt/metering/bin/$script" || { echo "missing $script" >&2; exit 1; }; \
     done \
     && /opt/metering/bin/metering --help >/dev/null

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit bench bench-gateway lint typecheck pytest deploy-tools schemas lock clean
+.PHONY: install run test test-unit bench bench-gateway lint typecheck pytest deploy-tools schemas lock clean mutation
 
 install: $(STAMP)
 
@@ -47,10 +47,24 @@ pytest: install deploy-tools
 bench: install
 	$(BIN)/metering bench --out bench
 
-## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests
+## make mutation: mutation testing of all of metering/core, killed by tests/unit alone (slow, not
+## part of `make test`); writes mutation/report.md (score per module, survivors, equivalents)
+MUTATION_WORKERS ?= 2
+mutation: install
+	rm -rf mutants
+	@start=$$(date +%s); \
+	nice -n 19 $(BIN)/mutmut run --max-children $(MUTATION_WORKERS) > mutation/run.log 2>&1 \
+		|| { tail -c 3000 mutation/run.log; exit 1; }; \
+	$(BIN)/python mutation/report.py --seconds $$(( $$(date +%s) - start )) \
+		--commit "$$(git rev-parse --short HEAD 2>/dev/null)" > mutation/report.md
+	@sed -n '/^| module/,/^$$/p' mutation/report.md
+
+## make deploy-tools: kubectl (for kustomize) and Prometheus's promtool, for the deploy tests,
+## and Debian's chromium and chromium-driver, for the console's browser tests
 deploy-tools: install
 	bash deploy/k8s/ensure-kustomize.sh
 	sh deploy/prometheus/ensure-prometheus.sh
+	sh deploy/browser/ensure-chromium.sh
 
 ## make schemas: regenerate the JSON Schema / AsyncAPI documents from the pydantic contracts
 schemas: install
@@ -62,7 +76,7 @@ lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants
 
 ## make bench-gateway: what the LiteLLM plugin adds per call (p50/p99, with and without the
 ## allow cache) and calls/s of one proxy worker with metering on; writes bench/gateway.json

@@ -28,6 +28,7 @@ import typer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from console.terminal import overview_command, usage_command
 from metering import dev
 from metering.bench.cli import bench_command
 from metering.core.money import to_decimal_string
@@ -130,10 +131,13 @@ def _on_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
 def dev_command(
     state_dir: Annotated[Path, typer.Option(help="where state and logs are kept")] = Path(".run"),
     base_port: Annotated[
-        int, typer.Option(min=1, max=65533, help="ingest's port; ledger, quota: the next two")
+        int,
+        typer.Option(
+            min=1, max=65532, help="ingest's port; ledger, quota, console: the next three"
+        ),
     ] = dev.BASE_PORT,
 ) -> None:
-    """Start the embedded stack and the three services (what `make run` does)."""
+    """Start the embedded stack, the three services and the console (what `make run` does)."""
     raise typer.Exit(dev.run(state_dir, base_port))
 
 
@@ -395,6 +399,10 @@ def statement_command(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(body.model_dump_json())
+
+
+app.command("overview")(overview_command)
+app.command("usage")(usage_command)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ from metering.processes import die_with_parent, port_is_free, stop_process
 from metering.stack import Stack, StackError, start_stack
 
 SERVICES = ("ingest", "ledger", "quota")
+"""The back-end services (event log, ledger, quota): each with readiness checks and metrics."""
+CONSOLE = "console"
+DEV_SERVICES = (*SERVICES, CONSOLE)
+"""What `make run` starts: the back-end services, then the console for people (port 8004),
+which reads them over HTTP (`INGEST_URL`, `LEDGER_URL`, `QUOTA_URL`)."""
 BASE_PORT = 8001
 READY_TIMEOUT = 60.0
 RESTART_FIRST_DELAY = 1.0
@@ -100,7 +105,11 @@ def run_services(
     stop them all (SIGTERM first) on exit, including any the supervisor put in the list."""
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **stack.environ(), **secret_env}
+    urls = {
+        f"{name.upper()}_URL": f"http://127.0.0.1:{port}"
+        for port, name in enumerate(names, base_port)
+    }
+    env = {**os.environ, **stack.environ(), **secret_env, **urls}
     running: list[RunningService] = []
     try:
         for port, name in enumerate(names, start=base_port):
@@ -302,7 +311,12 @@ DEMO_END = "Ctrl-C stops everything."
 def banner(services: Sequence[RunningService], token: str, env_path: Path, demo: Path) -> str:
     """What `make run` prints once everything is ready: where things are and the demo."""
     lines = ["", "Token Plan metering is running.", ""]
-    lines += [f"  {s.name:<7} {s.url}   (docs: {s.url}/docs, log: {s.log_path})" for s in services]
+    lines += [
+        f"  {s.name:<7} {s.url}   (sign in with a team token or a member key, log: {s.log_path})"
+        if s.name == CONSOLE
+        else f"  {s.name:<7} {s.url}   (docs: {s.url}/docs, log: {s.log_path})"
+        for s in services
+    ]
     lines += ["", f"  admin token: {token}"]
     lines += [f"  settings:    {env_path} (read by every `metering` command)", ""]
     lines += [DEMO_START.format(path=demo), "", demo_script(env_path), DEMO_END]
@@ -402,9 +416,9 @@ def run(state_dir: Path, base_port: int = BASE_PORT) -> int:
             file=sys.stderr,
         )
         return 2
-    taken = taken_ports(base_port)
+    taken = taken_ports(base_port, DEV_SERVICES)
     if taken:
-        alternative = free_base_port(base_port)
+        alternative = free_base_port(base_port, len(DEV_SERVICES))
         print(
             f"make run: {'ports' if len(taken) > 1 else 'port'} {', '.join(taken)} "
             f"{'are' if len(taken) > 1 else 'is'} taken. Free it, or use other ports: "
@@ -429,7 +443,7 @@ def _run(state_dir: Path, base_port: int, env_path: Path) -> int:
         print("starting the broker and the database...", flush=True)
         with (
             start_stack(state_dir / "stack") as stack,
-            run_services(stack, state_dir, kept, base_port) as services,
+            run_services(stack, state_dir, kept, base_port, DEV_SERVICES) as services,
         ):
             print(f"  kafka    {stack.kafka_bootstrap_servers} ({stack.kafka_origin})")
             print(f"  postgres {stack.database_url} ({stack.database_origin})", flush=True)

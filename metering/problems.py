@@ -39,6 +39,9 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "No API key has this id (404 on `DELETE /v1/keys/{id}`); on a usage report (422, "
         "field `key_id`): the account has no such key.",
     ),
+    "unknown_account": ("404", "The account has no subscription (ingest's registry)."),
+    "unknown_token": ("404", "No team token has this id (`DELETE /v1/tokens/{id}`)."),
+    "expiry_in_past": ("422", "A team token's `expires_at` is not later than now."),
     "unknown_event": ("404", "The ledger, and ingest, know no fact with this event id."),
     "unknown_request": ("404", "The account has no usage report with this request id."),
     "method_not_allowed": ("405", "The route exists, but not for this method (see `Allow`)."),

@@ -21,9 +21,11 @@ from typing import Any
 import asyncpg
 import orjson
 
+from ledger.store import LedgerReads
 from metering.core.fold import fold
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
+from metering.core.receipts import paid_by_bucket, paid_by_pack
 from metering.core.state import AccountState, Subscription
 from metering.core.views import subscription_view
 from metering.eventlog import LogRead, LogReadError, read_log
@@ -116,7 +118,7 @@ async def replay(
         # One snapshot: a running ledger writes offsets, archive, entries and states together.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             if kafka is None:
-                total = await _archived_count(conn, accounts, until)
+                total = await LedgerReads(conn).archived_count(accounts, until)
                 log = archive_accounts(conn, accounts, until)
             else:
                 log, total = await _kafka_accounts(conn, kafka, accounts, until, report)
@@ -148,25 +150,6 @@ async def connect(database_url: str) -> asyncpg.Connection:
         raise ReplayError(f"DATABASE_URL: cannot connect to PostgreSQL: {error}") from None
 
 
-_IN_SCOPE = """
-WHERE (cardinality($1::text[]) = 0 OR account_id = ANY($1::text[]))
-  AND ($2::timestamptz IS NULL OR recorded_at <= $2)
-"""
-_ARCHIVE = f"""
-SELECT account_id, value FROM ledger_events_archive {_IN_SCOPE}
-ORDER BY account_id, partition, "offset"
-"""
-
-
-async def _archived_count(
-    conn: asyncpg.Connection, accounts: Sequence[str], until: datetime | None
-) -> int:
-    count = await conn.fetchval(
-        f"SELECT count(*) FROM ledger_events_archive {_IN_SCOPE}", list(accounts), until
-    )
-    return int(count)
-
-
 async def archive_accounts(
     conn: asyncpg.Connection, accounts: Sequence[str], until: datetime | None
 ) -> AsyncIterator[tuple[str, list[FactEvent]]]:
@@ -175,7 +158,7 @@ async def archive_accounts(
     A server-side cursor streams the archive in large chunks, one account at a time."""
     account_id: str | None = None
     events: list[FactEvent] = []
-    async for row in conn.cursor(_ARCHIVE, list(accounts), until, prefetch=CHUNK_EVENTS):
+    async for row in LedgerReads(conn).archived_events(accounts, until, CHUNK_EVENTS):
         if row["account_id"] != account_id:
             if account_id is not None:
                 yield account_id, events
@@ -253,31 +236,19 @@ async def _compare_chunk(
     report: ReplayReport,
     as_of: datetime | None,
 ) -> list[Difference]:
-    accounts = list(chunk)
+    reads = LedgerReads(conn)
     stored_entries: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
-    for row in await conn.fetch(
-        "SELECT account_id, event_id::text AS id, source_event_id::text AS source, "
-        "body::text AS body FROM ledger_entries WHERE account_id = ANY($1::text[])",
-        accounts,
-    ):
+    for row in await reads.entries_of(list(chunk)):
         stored_entries[row["account_id"]][row["id"]] = (row["source"], row["body"])
-    stored_states = {
-        row["account_id"]: row["state"]
-        for row in await conn.fetch(
-            "SELECT account_id, state::text AS state FROM ledger_accounts "
-            "WHERE account_id = ANY($1::text[])",
-            accounts,
-        )
-    }
+    stored_states = await reads.states_of(list(chunk))
     differences = []
     for account_id, events in chunk.items():
         report.events += len(events)
         state, results = ledger_results(events, card)
         report.credits_deducted_micro += sum(
-            line["amount_micro"]
+            paid_by_bucket(r.payload.receipt).total_micro
             for r in results
             if r.event_type == "CreditsDeducted"
-            for line in r.payload.receipt
         )
         stored = stored_entries.get(account_id, {})
         if not report.final_states_compared:  # --until: only the entries of replayed events
@@ -360,21 +331,10 @@ async def _ledger_only(
     conn: asyncpg.Connection, replayed: list[str], requested: Sequence[str]
 ) -> list[Difference]:
     """Ledger states and entries of accounts the log has no events for."""
-    scope = (
-        "NOT account_id = ANY($1::text[]) "
-        "AND (cardinality($2::text[]) = 0 OR account_id = ANY($2::text[]))"
-    )
-    states = await conn.fetch(
-        f"SELECT account_id FROM ledger_accounts WHERE {scope}", replayed, list(requested)
-    )
-    entries = await conn.fetch(
-        f"SELECT account_id, event_id::text AS id FROM ledger_entries WHERE {scope}",
-        replayed,
-        list(requested),
-    )
+    states, entries = await LedgerReads(conn).beyond(replayed, requested)
     what = "in the ledger, but the log has no events for this account"
-    return [Difference(r["account_id"], "state", what) for r in states] + [
-        Difference(r["account_id"], r["id"], what) for r in entries
+    return [Difference(account_id, "state", what) for account_id in states] + [
+        Difference(account_id, entry_id, what) for account_id, entry_id in entries
     ]
 
 
@@ -409,14 +369,6 @@ class UnknownSubscription(LookupError):
     """No archived account holds the subscription."""
 
 
-_ACTIVATIONS = """
-SELECT DISTINCT account_id FROM ledger_events_archive
-WHERE event_type = 'SubscriptionActivated'
-  AND convert_from(value, 'UTF8')::jsonb #>> '{payload,subscription_id}' = $1
-ORDER BY account_id
-"""
-
-
 async def replayed_statement(
     database_url: str, card: RateCard, subscription_id: str, month: str
 ) -> Statement:
@@ -424,9 +376,7 @@ async def replayed_statement(
     conn = await connect(database_url)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            candidates = [
-                row["account_id"] for row in await conn.fetch(_ACTIVATIONS, subscription_id)
-            ]
+            candidates = await LedgerReads(conn).activating_accounts(subscription_id)
             async for _, events in archive_accounts(conn, candidates, None):
                 state, results = ledger_results(events, card)
                 sub = state.subscriptions.get(subscription_id)
@@ -450,18 +400,16 @@ def statement_from_results(sub: Subscription, month: str, results: list[Any]) ->
             continue
         if result.occurred_at >= end:
             continue
-        paid = {"seat": 0, "pack": 0}
-        for line in p.receipt:
-            paid[line["bucket"]] += line["amount_micro"]
-            if line["bucket"] == "pack":
-                before = pack_paid[line["bucket_id"]]
-                before[1] += line["amount_micro"]
-                if result.occurred_at < start:
-                    before[0] += line["amount_micro"]
+        for pack_id, micro in paid_by_pack(p.receipt).items():
+            before = pack_paid[pack_id]
+            before[1] += micro
+            if result.occurred_at < start:
+                before[0] += micro
         if result.occurred_at >= start:
+            paid = paid_by_bucket(p.receipt)
             sums = usage[p.seat_id, p.model]
             for index, micro in enumerate(
-                (1, p.price_micro, paid["seat"], paid["pack"], p.shortfall_micro)
+                (1, p.price_micro, paid.seat_micro, paid.packs_micro, p.shortfall_micro)
             ):
                 sums[index] += micro
     return build_statement(

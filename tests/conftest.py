@@ -10,10 +10,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from metering.dev import SERVICES, run_services, wait_until_ready
 from metering.processes import free_port_run
 from metering.stack import Stack, start_stack
+
+settings.register_profile(
+    "mutation",
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    phases=[Phase.explicit, Phase.generate],
+)
+"""`make mutation` (--hypothesis-profile=mutation): the same examples on every run, so that
+whether a mutant survives depends on the mutant alone; a failure is not shrunk (a mutant is
+killed by the first failing example, and shrinking it would cost seconds per mutant)."""
 
 
 @pytest.fixture(scope="session")

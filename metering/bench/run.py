@@ -33,7 +33,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from metering.bench.authorize import AuthorizeResult, authorize_bench, authorize_requests
 from metering.bench.broker import BrokerResult, broker_ceiling
-from metering.bench.core import FoldResult, ReplayResult, fold_rate, replay_rate
 from metering.bench.endtoend import (
     BACKLOG_SECONDS,
     SENDERS,
@@ -48,6 +47,7 @@ from metering.bench.endtoend import (
     freshness,
     metrics_page,
 )
+from metering.bench.fold_bench import FoldResult, ReplayResult, fold_rate, replay_rate
 from metering.bench.load import (
     Reports,
     UsageMix,

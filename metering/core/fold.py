@@ -99,12 +99,14 @@ def apply(state: AccountState, event: FactEvent, card: RateCard) -> list[ResultE
 def _guarded(out: "_Results", error: Exception) -> None:
     """The fact failed in a way no rule foresaw: it becomes a rejection with its reason.
 
-    What time had already brought (the review before the fact) stands; what the fact itself
-    produced is dropped. The rules check before they change, so such a failure leaves the
-    account as it was; and being a pure function of the same state and fact, it fails the
-    same way in the ledger, in quota and in a replay.
+    What time had already brought (the review before the fact, even one that failed midway:
+    each of its results was emitted with its change) stands; what the fact itself produced is
+    dropped. The rules check before they change, so such a failure leaves the account as it
+    was; and being a pure function of the same state and fact, it fails the same way in the
+    ledger, in quota and in a replay.
     """
-    del out.results[out.fact_started :]
+    if out.fact_started is not None:
+        del out.results[out.fact_started :]
     detail = f"{type(error).__name__}: {error}"
     out.rejected(_Rejected("apply_failed", detail[:500]))
 
@@ -164,7 +166,7 @@ class _Results:
     def __init__(self, event: FactEvent) -> None:
         self.event = event
         self.results: list[ResultEvent] = []
-        self.fact_started = 0
+        self.fact_started: int | None = None
         """How many results time had brought before the fact itself was applied."""
 
     def emit(self, envelope: Any, payload: Contract, occurred_at: datetime) -> None:

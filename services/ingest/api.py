@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -13,7 +15,6 @@ from pydantic import ValidationError
 
 from ingest import directory
 from ingest.acceptance import Outcome
-from ingest.facts import FieldProblem
 from ingest.intake import (
     CommandResult,
     Intake,
@@ -21,7 +22,9 @@ from ingest.intake import (
     UsageResult,
     count_usage,
 )
+from ingest.rules import FieldProblem
 from metering.apikeys import key_hash, new_api_key
+from metering.db import Connection
 from metering.http import bearer_guard, problem
 from metering.publishing import BrokerUnavailable
 from metering.settings import Settings
@@ -150,17 +153,17 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
             started_at=body.started_at,
             expires_at=body.expires_at,
         )
-        command = PlanCommand(
-            scope="subscription",
-            key=body.subscription_id,
-            body=body.model_dump(mode="json"),
-            event_type="SubscriptionActivated",
-            payload=payload,
-            occurred_at=min(body.started_at, now),
-            recorded_at=now,
-            apply_to_directory=directory.open_subscription(body, now),
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                payload,
+                key=body.subscription_id,
+                body=body.model_dump(mode="json"),
+                change=directory.open_subscription(body, now),
+                occurred_at=min(body.started_at, now),
+            ),
         )
-        return await _command_answer(intake, command, created=True)
 
     @router.post(
         "/subscriptions/{subscription_id}/seats",
@@ -171,17 +174,16 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
     )
     async def post_seat(subscription_id: Id, body: SeatCreate, intake: IntakeDep) -> Response:
         now = clock()
-        command = PlanCommand(
-            scope="seat",
-            key=body.seat_id,
-            body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
-            event_type="SeatAdded",
-            payload=SeatAdded(subscription_id=subscription_id, **body.model_dump()),
-            occurred_at=now,
-            recorded_at=now,
-            apply_to_directory=directory.add_seat(subscription_id, body.seat_id, body.tier, now),
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                SeatAdded(subscription_id=subscription_id, **body.model_dump()),
+                key=body.seat_id,
+                body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
+                change=directory.add_seat(subscription_id, body.seat_id, body.tier, now),
+            ),
         )
-        return await _command_answer(intake, command, created=True)
 
     @router.patch(
         "/subscriptions/{subscription_id}/seats/{seat_id}",
@@ -197,19 +199,16 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         now = clock()
-        command = PlanCommand(
-            scope="seat-tier",
-            key=idempotency_key or str(uuid.uuid4()),
-            body={"seat_id": seat_id, **body.model_dump(mode="json")},
-            event_type="SeatTierChanged",
-            payload=SeatTierChanged(
-                subscription_id=subscription_id, seat_id=seat_id, tier=body.tier
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                SeatTierChanged(subscription_id=subscription_id, seat_id=seat_id, tier=body.tier),
+                key=idempotency_key or str(uuid.uuid4()),
+                body={"seat_id": seat_id, **body.model_dump(mode="json")},
+                change=directory.change_tier(subscription_id, seat_id, body.tier, now),
             ),
-            occurred_at=now,
-            recorded_at=now,
-            apply_to_directory=directory.change_tier(subscription_id, seat_id, body.tier, now),
         )
-        return await _command_answer(intake, command, created=False)
 
     @router.delete(
         "/subscriptions/{subscription_id}/seats/{seat_id}",
@@ -219,17 +218,16 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
     )
     async def delete_seat(subscription_id: Id, seat_id: Id, intake: IntakeDep) -> Response:
         now = clock()
-        command = PlanCommand(
-            scope="seat-removed",
-            key=seat_id,
-            body={"subscription_id": subscription_id, "seat_id": seat_id},
-            event_type="SeatRemoved",
-            payload=SeatRemoved(subscription_id=subscription_id, seat_id=seat_id),
-            occurred_at=now,
-            recorded_at=now,
-            apply_to_directory=directory.remove_seat(subscription_id, seat_id, now),
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                SeatRemoved(subscription_id=subscription_id, seat_id=seat_id),
+                key=seat_id,
+                body={"subscription_id": subscription_id, "seat_id": seat_id},
+                change=directory.remove_seat(subscription_id, seat_id, now),
+            ),
         )
-        return await _command_answer(intake, command, created=False)
 
     @router.post(
         "/subscriptions/{subscription_id}/seats/{seat_id}/keys",
@@ -248,20 +246,18 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         now = clock()
         key_id = f"key-{uuid.uuid4().hex[:16]}"
         secret = new_api_key()
-        command = PlanCommand(
-            scope="key",
-            key=idempotency_key or key_id,
-            body={"subscription_id": subscription_id, "seat_id": seat_id},
-            event_type="ApiKeyIssued",
-            payload=ApiKeyIssued(
+        hashed = key_hash(secret, key_hash_secret)
+        command = _plan_command(
+            now,
+            ApiKeyIssued(
                 subscription_id=subscription_id,
                 seat_id=seat_id,
                 key_id=key_id,
-                key_hash=key_hash(secret, key_hash_secret),
+                key_hash=hashed,
             ),
-            occurred_at=now,
-            recorded_at=now,
-            apply_to_directory=directory.issue_key(subscription_id, seat_id, key_id, now),
+            key=idempotency_key or key_id,
+            body={"subscription_id": subscription_id, "seat_id": seat_id},
+            change=directory.issue_key(subscription_id, seat_id, key_id, now, hashed),
             response={"key_id": key_id},
         )
         result = await _command(intake, command)
@@ -281,17 +277,16 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
     )
     async def delete_key(key_id: Id, intake: IntakeDep) -> Response:
         now = clock()
-        command = PlanCommand(
-            scope="key-revoked",
-            key=key_id,
-            body={"key_id": key_id},
-            event_type="ApiKeyRevoked",
-            payload=ApiKeyRevoked(key_id=key_id),
-            occurred_at=now,
-            recorded_at=now,
-            apply_to_directory=directory.revoke_key(key_id, now),
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                ApiKeyRevoked(key_id=key_id),
+                key=key_id,
+                body={"key_id": key_id},
+                change=directory.revoke_key(key_id, now),
+            ),
         )
-        return await _command_answer(intake, command, created=False)
 
     @router.post(
         "/subscriptions/{subscription_id}/packs",
@@ -302,19 +297,17 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
     )
     async def post_pack(subscription_id: Id, body: PackPurchase, intake: IntakeDep) -> Response:
         now = clock()
-        command = PlanCommand(
-            scope="pack",
-            key=body.pack_id,
-            body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
-            event_type="SharedPackPurchased",
-            payload=SharedPackPurchased(subscription_id=subscription_id, **body.model_dump()),
-            occurred_at=min(body.purchased_at, now),
-            recorded_at=now,
-            apply_to_directory=directory.buy_pack(
-                subscription_id, body.purchased_at, now, purchases
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                SharedPackPurchased(subscription_id=subscription_id, **body.model_dump()),
+                key=body.pack_id,
+                body={"subscription_id": subscription_id, **body.model_dump(mode="json")},
+                change=directory.buy_pack(subscription_id, body.purchased_at, now, purchases),
+                occurred_at=min(body.purchased_at, now),
             ),
         )
-        return await _command_answer(intake, command, created=True)
 
     @router.post(
         "/subscriptions/{subscription_id}/cancel",
@@ -326,23 +319,76 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         subscription_id: Id, body: SubscriptionCancel, intake: IntakeDep
     ) -> Response:
         now = clock()
-        command = PlanCommand(
-            scope="cancel",
-            key=subscription_id,
-            body=body.model_dump(mode="json"),
-            event_type="SubscriptionCancelled",
-            payload=SubscriptionCancelled(subscription_id=subscription_id, at=body.at),
-            occurred_at=min(body.at, now),
-            recorded_at=now,
-            apply_to_directory=directory.cancel_subscription(subscription_id, body.at, now, skew),
+        return await _plan(
+            intake,
+            _plan_command(
+                now,
+                SubscriptionCancelled(subscription_id=subscription_id, at=body.at),
+                key=subscription_id,
+                body=body.model_dump(mode="json"),
+                change=directory.cancel_subscription(subscription_id, body.at, now, skew),
+                occurred_at=min(body.at, now),
+            ),
         )
-        return await _command_answer(intake, command, created=False)
 
     return router
 
 
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 """How far ahead a subscription may be scheduled to start."""
+
+
+@dataclass(frozen=True)
+class PlanRule:
+    """How a plan command's fact is claimed and answered."""
+
+    scope: str
+    """The namespace of its idempotency key (a seat id and a pack id never collide)."""
+    created: bool
+    """Whether its first acceptance answers 201 Created (else 200)."""
+
+
+PLAN_RULES: dict[type[Contract], PlanRule] = {
+    SubscriptionActivated: PlanRule("subscription", created=True),
+    SeatAdded: PlanRule("seat", created=True),
+    SeatTierChanged: PlanRule("seat-tier", created=False),
+    SeatRemoved: PlanRule("seat-removed", created=False),
+    ApiKeyIssued: PlanRule("key", created=True),
+    ApiKeyRevoked: PlanRule("key-revoked", created=False),
+    SharedPackPurchased: PlanRule("pack", created=True),
+    SubscriptionCancelled: PlanRule("cancel", created=False),
+}
+"""Each plan fact's command rule; the fact's registry change is ingest/directory.py's."""
+
+
+def _plan_command(
+    now: datetime,
+    payload: Contract,
+    *,
+    key: str,
+    body: object,
+    change: Callable[[Connection], Awaitable[str]],
+    occurred_at: datetime | None = None,
+    response: dict[str, object] | None = None,
+) -> PlanCommand:
+    """The command appending `payload`'s fact, recorded `now` (and, unless told, occurred
+    then), under idempotency key `key` with `body`, applying `change` to the registry."""
+    return PlanCommand(
+        scope=PLAN_RULES[type(payload)].scope,
+        key=key,
+        body=body,
+        event_type=type(payload).__name__,
+        payload=payload,
+        occurred_at=now if occurred_at is None else occurred_at,
+        recorded_at=now,
+        apply_to_directory=change,
+        response=response or {},
+    )
+
+
+async def _plan(intake: Intake, command: PlanCommand) -> Response:
+    """Accept a plan command and answer it as its fact's rule says."""
+    return await _command_answer(intake, command, created=PLAN_RULES[type(command.payload)].created)
 
 
 async def _accept_reports(intake: Intake, documents: list[Any]) -> list[UsageResult]:

@@ -16,9 +16,10 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from ingest import metrics
+from ingest.access import access_router
 from ingest.api import build_router, install_error_handlers
-from ingest.facts import UsageWindow
 from ingest.intake import Intake
+from ingest.rules import UsageWindow
 from metering.deadletters import dead_letter
 from metering.http import create_app
 from metering.loops import BackgroundLoop, wait_for_event
@@ -75,6 +76,7 @@ def build_app(settings: Settings) -> FastAPI:
     )
     app.state.intake = intake
     app.include_router(build_router(settings, key_hash_secret, now))
+    app.include_router(access_router(settings, key_hash_secret, lambda: runtime.pool, now))
     install_error_handlers(app)
     return app
 

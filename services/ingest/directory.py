@@ -186,21 +186,26 @@ def remove_seat(subscription_id: str, seat_id: str, now: datetime) -> DirectoryC
     return change
 
 
-def issue_key(subscription_id: str, seat_id: str, key_id: str, now: datetime) -> DirectoryChange:
-    """A key, usable from now or from its subscription's later start."""
+def issue_key(
+    subscription_id: str, seat_id: str, key_id: str, now: datetime, key_hash: str | None = None
+) -> DirectoryChange:
+    """A key, usable from now or from its subscription's later start; its keyed hash lets
+    ledger and quota recognise its holder's own reads (metering/scopes.py)."""
 
     async def change(conn: Connection) -> str:
         plan = await _open_plan(conn, subscription_id, now)
         issued_at = max(now, plan.started_at)
         await _usable_seat(conn, subscription_id, seat_id, issued_at)
         await conn.execute(
-            "INSERT INTO ingest_keys (key_id, account_id, subscription_id, seat_id, issued_at) "
-            "VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO ingest_keys "
+            "(key_id, account_id, subscription_id, seat_id, issued_at, key_hash) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
             key_id,
             plan.account_id,
             subscription_id,
             seat_id,
             issued_at,
+            key_hash,
         )
         return plan.account_id
 

@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker
 from ingest import metrics
 from ingest.acceptance import AcceptanceLog, Claim, Claimed, Outcome, body_hash
 from ingest.directory import KeyRecord, keys_of
-from ingest.facts import FieldProblem, UsageWindow, envelope, usage_problems, usage_recorded
+from ingest.rules import FieldProblem, UsageWindow, envelope, usage_problems, usage_recorded
 from metering.core.ratecard import RateCard
 from metering.db import Connection
 from metering.publishing import BrokerUnavailable, Outgoing, publish_all

@@ -1,7 +1,9 @@
 """The ledger's HTTP API: quotes, usage details, monthly statements and fact lookups.
 
-Every call needs a bearer token (the admin or the read token): the usage and statements
-are the team's data, and the operator-set prices of the rate card are commercial ones.
+Every call needs a bearer token (the admin or the read token, or a team token for its own
+account's data: metering/scopes.py): the usage and statements are the team's data, and the
+operator-set prices of the rate card are commercial ones. A member's API key reads its own
+seat's usage (`GET /v1/me/usage`). What a scope may not read answers `404`, like an unknown id.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ledger.lookup import LookupStore, parse_event_id
+from ledger.store import LedgerReads, UsageFilter
 from ledger.usage import (
     BadCursor,
     csv_header,
@@ -32,6 +35,7 @@ from metering.core.pricing import UnpriceableUsage, price
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.db import Connection
 from metering.http import problem
+from metering.scopes import Scope
 from metering.snapshots import load_snapshot
 from metering.statement import (
     MonthOutsideSubscription,
@@ -59,24 +63,27 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class UsageFilter:
-    subscription_id: str
+class UsageQuery:
     since: datetime | None
     until: datetime | None
-    seat_id: str | None
     model: str | None
+    cursor: str | None
+    limit: int
+    format: Literal["json", "csv"] | None
 
 
 def ledger_router(
     card: RateCard,
     pool: Callable[[], asyncpg.Pool],
-    guard: Callable[[Request], Awaitable[None]],
+    reader: Callable[..., Awaitable[Scope]],
+    member: Callable[..., Awaitable[Scope]],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(guard)], responses=_PROBLEMS, tags=["ledger"])
+    router = APIRouter(responses=_PROBLEMS, tags=["ledger"])
+    read_scope, member_scope = Depends(reader), Depends(member)
 
     @router.post("/v1/quote", response_model=QuoteResponse, summary="Price a request")
-    async def quote(body: QuoteRequest) -> Response:
+    async def quote(body: QuoteRequest, _scope: Scope = read_scope) -> Response:
         at = body.at or clock()
         try:
             model = card.in_force(at).models.get(body.model)
@@ -111,6 +118,7 @@ def ledger_router(
     async def usage(
         request: Request,
         subscription_id: str,
+        scope: Scope = read_scope,
         since: Annotated[datetime | None, Query(alias="from")] = None,
         until: Annotated[datetime | None, Query(alias="to")] = None,
         seat_id: str | None = None,
@@ -122,6 +130,46 @@ def ledger_router(
         """JSON pages of `limit` rows; as CSV (`format=csv` or `Accept: text/csv`) every row
         from `cursor` on, streamed. `from` is inclusive, `to` exclusive; a date alone
         (`2026-11-29`) means its midnight UTC."""
+        query = UsageQuery(since, until, model, cursor, limit, format)
+        return await _usage(request, scope, subscription_id, seat_id, query)
+
+    @router.get(
+        "/v1/me/usage",
+        response_model=UsagePage,
+        summary="A member's own usage: its seat's rows, newest first (with its API key)",
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    async def my_usage(
+        request: Request,
+        scope: Scope = member_scope,
+        since: Annotated[datetime | None, Query(alias="from")] = None,
+        until: Annotated[datetime | None, Query(alias="to")] = None,
+        model: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        format: Literal["json", "csv"] | None = None,
+    ) -> Response:
+        """The usage rows of the caller's own seat (`Authorization: Bearer sk-tp-…`), with
+        the same filters, pages and CSV as a subscription's usage."""
+        query = UsageQuery(since, until, model, cursor, limit, format)
+        assert scope.subscription_id is not None
+        return await _usage(request, scope, scope.subscription_id, scope.seat_id, query)
+
+    async def _usage(
+        request: Request,
+        scope: Scope,
+        subscription_id: str,
+        seat_id: str | None,
+        query: UsageQuery,
+    ) -> Response:
+        since, until, model, cursor, limit, format = (
+            query.since,
+            query.until,
+            query.model,
+            query.cursor,
+            query.limit,
+            query.format,
+        )
         since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
         bounds: dict[str, datetime | None] = {"from": since, "to": until}
         for name, value in bounds.items():
@@ -139,7 +187,8 @@ def ledger_router(
             return problem(422, "Invalid request", str(error))
         where = UsageFilter(subscription_id, bounds["from"], bounds["to"], seat_id, model)
         async with pool().acquire() as conn:
-            if await _account_of(conn, subscription_id) is None:
+            account_id = await _account_of(conn, subscription_id)
+            if account_id is None or not scope.reads_seat(account_id, seat_id):
                 return _unknown_subscription(subscription_id)
             if format == "csv" or (
                 format is None and "text/csv" in request.headers.get("accept", "")
@@ -171,6 +220,7 @@ def ledger_router(
     async def statement(
         subscription_id: str,
         month: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-05"])],
+        scope: Scope = read_scope,
     ) -> Response:
         """The subscription month that starts in calendar `month` (YYYY-MM)."""
         async with (
@@ -178,9 +228,9 @@ def ledger_router(
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             account_id = await _account_of(conn, subscription_id)
-            state_text = account_id and await conn.fetchval(
-                "SELECT state::text FROM ledger_accounts WHERE account_id = $1", account_id
-            )
+            if not scope.reads_account(account_id):
+                account_id = None
+            state_text = account_id and await LedgerReads(conn).state_text(account_id)
             sub = state_text and load_snapshot(state_text).subscriptions.get(subscription_id)
             if not sub:
                 return _unknown_subscription(subscription_id)
@@ -190,9 +240,10 @@ def ledger_router(
                 return problem(422, "Invalid request", str(error))
             except (ValueError, OverflowError):  # a month whose end is past year 9999
                 return problem(422, "Invalid request", f"month {month} is out of range")
-            usage_rows = await conn.fetch(_MONTH_USAGE, subscription_id, start, end)
+            reads = LedgerReads(conn)
+            usage_rows = await reads.month_usage(subscription_id, start, end)
             packs_since = min((p.purchased_at for p in sub.packs), default=start)
-            pack_rows = await conn.fetch(_PACK_PAID, subscription_id, start, end, packs_since)
+            pack_rows = await reads.pack_paid(subscription_id, start, end, packs_since)
         body = build_statement(
             sub,
             month,
@@ -206,12 +257,12 @@ def ledger_router(
         response_model=FactStatus,
         summary="Where did my fact go: accepted, applied or rejected, with its ledger entries",
     )
-    async def event(event_id: str) -> Response:
+    async def event(event_id: str, scope: Scope = read_scope) -> Response:
         known = parse_event_id(event_id)
         if known is not None:
             async with pool().acquire() as conn, _snapshot(conn):
                 found = await LookupStore(conn).event(known)
-            if found is not None:
+            if found is not None and scope.reads_account(found.account_id):
                 return Response(found.model_dump_json(), media_type="application/json")
         return problem(404, "Not found", f"no fact has event id '{event_id}'", code="unknown_event")
 
@@ -220,9 +271,11 @@ def ledger_router(
         response_model=FactStatus,
         summary="Where did my usage report go, by its request id",
     )
-    async def request(account_id: str, request_id: str) -> Response:
-        async with pool().acquire() as conn, _snapshot(conn):
-            found = await LookupStore(conn).request(account_id, request_id)
+    async def request(account_id: str, request_id: str, scope: Scope = read_scope) -> Response:
+        found = None
+        if scope.reads_account(account_id):
+            async with pool().acquire() as conn, _snapshot(conn):
+                found = await LookupStore(conn).request(account_id, request_id)
         if found is None:
             return problem(
                 404,
@@ -245,37 +298,14 @@ def _unknown_subscription(subscription_id: str) -> JSONResponse:
 
 
 async def _account_of(conn: Connection, subscription_id: str) -> str | None:
-    account_id: str | None = await conn.fetchval(
-        "SELECT account_id FROM ledger_subscriptions WHERE subscription_id = $1", subscription_id
-    )
-    return account_id
+    return await LedgerReads(conn).subscription_account(subscription_id)
 
 
 async def _deductions(
     conn: Connection, where: UsageFilter, after: tuple[datetime, str] | None, limit: int
 ) -> list[UsageRow]:
-    rows = await conn.fetch(
-        """
-        SELECT body::text AS body FROM ledger_entries
-        WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
-          AND ($2::timestamptz IS NULL OR occurred_at >= $2)
-          AND ($3::timestamptz IS NULL OR occurred_at < $3)
-          AND ($4::text IS NULL OR seat_id = $4)
-          AND ($5::text IS NULL OR model = $5)
-          AND ($6::timestamptz IS NULL OR (occurred_at, event_id) < ($6, $7::uuid))
-        ORDER BY occurred_at DESC, event_id DESC
-        LIMIT $8
-        """,
-        where.subscription_id,
-        where.since,
-        where.until,
-        where.seat_id,
-        where.model,
-        after[0] if after else None,
-        after[1] if after else None,
-        limit,
-    )
-    return [usage_row(orjson.loads(row["body"])) for row in rows]
+    bodies = await LedgerReads(conn).deduction_bodies(where, after, limit)
+    return [usage_row(orjson.loads(body)) for body in bodies]
 
 
 async def _csv_pages(
@@ -291,29 +321,6 @@ async def _csv_pages(
         after = rows[-1].deducted_at, rows[-1].event_id
         async with pool().acquire() as conn:
             rows = await _deductions(conn, where, after, CSV_PAGE)
-
-
-_MONTH_USAGE = """
-SELECT seat_id, model, count(*) AS requests, sum(price_micro)::bigint AS price_micro,
-       sum(seat_paid_micro)::bigint AS seat_paid_micro,
-       sum(packs_paid_micro)::bigint AS packs_paid_micro,
-       sum(shortfall_micro)::bigint AS shortfall_micro
-FROM ledger_entries
-WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
-  AND occurred_at >= $2 AND occurred_at < $3
-GROUP BY seat_id, model
-"""
-
-_PACK_PAID = """
-SELECT line->>'bucket_id' AS pack_id,
-       coalesce(sum((line->>'amount_micro')::bigint) FILTER (WHERE e.occurred_at < $2), 0)::bigint
-           AS before_start,
-       sum((line->>'amount_micro')::bigint)::bigint AS before_end
-FROM ledger_entries e, jsonb_array_elements(e.body->'payload'->'receipt') AS line
-WHERE e.subscription_id = $1 AND e.event_type = 'CreditsDeducted' AND e.packs_paid_micro > 0
-  AND e.occurred_at >= $4 AND e.occurred_at < $3 AND line->>'bucket' = 'pack'
-GROUP BY 1
-"""
 
 
 def _midnight_utc(request: Request, name: str, value: datetime | None) -> datetime | None:

@@ -11,11 +11,13 @@ from fastapi import FastAPI
 
 from ledger import metrics
 from ledger.api import ledger_router
-from ledger.projection import OUTBOX, LedgerProjection, LedgerTopics
-from metering.http import bearer_guard, create_app
+from ledger.projection import LedgerProjection, LedgerTopics
+from ledger.store import OUTBOX
+from metering.consumer import ProjectionConsumer, StuckAfter
+from metering.http import create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
+from metering.scopes import MEMBER_ONLY, ScopeResolver, scope_guard
 from metering.settings import Settings
 
 
@@ -41,6 +43,11 @@ def build_app(settings: Settings) -> FastAPI:
     runtime.add_worker(relay)
     runtime.add_worker(consumer)
     app = create_app("ledger", runtime.lifespan, runtime.readiness, settings=settings)
-    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
-    app.include_router(ledger_router(card, pool, guard))
+    resolver = ScopeResolver(
+        settings.tokens("metering_admin_token", "metering_read_token"),
+        pool,
+        next(iter(settings.tokens("api_key_hash_secret")), None),
+    )
+    reader, member = scope_guard(resolver), scope_guard(resolver, MEMBER_ONLY)
+    app.include_router(ledger_router(card, pool, reader, member))
     return app

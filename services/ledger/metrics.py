@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from metering.consumer import consumer_metrics
 from metering.metrics import per_subscription
-from metering.projection import consumer_metrics
 
 EVENTS_APPLIED = Counter(
     "metering_ledger_events_applied_total",

@@ -1,4 +1,6 @@
-"""quota's HTTP API: the gateway's authorize, a seat's balance, a team's overview."""
+"""quota's HTTP API: the gateway's authorize, a seat's balance, a team's overview, a member's
+own balance (`GET /v1/me`). The reads check the caller's scope (metering/scopes.py): what it
+may not read answers `404`, like an unknown id."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import SimpleNamespace
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -14,26 +17,32 @@ from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from metering import scopes
 from metering.apikeys import key_hash
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
+from metering.core.state import AccountState
 from metering.core.views import SeatView, SubscriptionView, seat_view, subscription_view
 from metering.edges import TrustedProxies
 from metering.http import problem, validation_problem
 from quota import metrics
+from quota.accounts import AccountIndex
 from quota.authorize import Decision, decide, key_holder, presented_key
-from quota.directory import Directory
 from quota.ratelimit import FailedKeyLimiter
 from schemas.api import (
     AuthorizeAllowed,
     AuthorizeDenied,
     AuthorizeRequest,
     PackBalance,
+    Problem,
     SeatBalance,
     SubscriptionOverview,
 )
 from schemas.base import Contract
 
+_READ_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (401, 404)
+}
 _DENIED = {status: {"model": AuthorizeDenied} for status in (400, 401, 403, 404, 429)}
 
 
@@ -51,7 +60,7 @@ def _schema(model: type[Contract]) -> dict[str, object]:
 
 
 class Authorizer:
-    """Answers `POST /v1/authorize` from the directory, counting decisions and failed keys.
+    """Answers `POST /v1/authorize` from the account index, counting decisions and failed keys.
 
     Shared by the FastAPI route (the documented operation) and `AuthorizeFastPath` (what
     serves it in production), so both give the same answer by construction.
@@ -59,14 +68,14 @@ class Authorizer:
 
     def __init__(
         self,
-        directory: Directory,
+        index: AccountIndex,
         card: RateCard,
         key_hash_secret: str,
         limiter: FailedKeyLimiter,
         clock: Callable[[], datetime],
         proxies: TrustedProxies | None = None,
     ) -> None:
-        self._directory = directory
+        self._index = index
         self._card = card
         self._key_hash_secret = key_hash_secret
         self._limiter = limiter
@@ -83,7 +92,7 @@ class Authorizer:
         started = time.perf_counter()
         api_key = presented_key(request.headers.get("authorization"))
         now = self._clock()
-        holder = key_holder(self._directory, api_key, self._hash_key, now)
+        holder = key_holder(self._index, api_key, self._hash_key, now)
         if isinstance(holder, Decision):
             decision = holder
         else:
@@ -131,12 +140,25 @@ class AuthorizeFastPath:
 
 
 def quota_router(
-    directory: Directory,
+    index: AccountIndex,
     authorizer: Authorizer,
     clock: Callable[[], datetime],
-    guard: Callable[[Request], Awaitable[None]],
+    reader: Callable[..., Awaitable[scopes.Scope]],
+    member: Callable[..., Awaitable[scopes.Scope]] | None = None,
 ) -> APIRouter:
     router = APIRouter()
+    read_scope = Depends(reader)
+
+    def may_read(
+        scope: scopes.Scope, state: AccountState | None, seat_id: str | None = None
+    ) -> bool:
+        """Whether `scope` may read `state` (an account quota holds), or one seat of it."""
+        if state is None:
+            return False
+        account_id = index.account_id_of(state)
+        if seat_id is None:
+            return scope.reads_account(account_id)
+        return scope.reads_seat(account_id, seat_id)
 
     @router.post(
         AUTHORIZE_PATH,
@@ -160,12 +182,14 @@ def quota_router(
         tags=["console"],
         summary="A seat's status and balances now",
         response_model=SeatBalance,
-        dependencies=[Depends(guard)],
+        responses=_READ_PROBLEMS,
     )
-    async def get_seat(seat_id: str) -> Response:
+    async def get_seat(seat_id: str, scope: scopes.Scope = read_scope) -> Response:
         now = clock()
-        state = directory.account_of_seat(seat_id)
-        seat = None if state is None else seat_view(state, seat_id, now)
+        state = index.account_of_seat(seat_id)
+        seat = None
+        if state is not None and may_read(scope, state):
+            seat = seat_view(state, seat_id, now)
         if seat is None:
             return problem(404, "Not Found", f"seat '{seat_id}' is not known")
         return _json(200, _seat_balance(seat))
@@ -175,15 +199,41 @@ def quota_router(
         tags=["console"],
         summary="The team overview: utilization, seats and packs now",
         response_model=SubscriptionOverview,
-        dependencies=[Depends(guard)],
+        responses=_READ_PROBLEMS,
     )
-    async def get_overview(subscription_id: str) -> Response:
+    async def get_overview(subscription_id: str, scope: scopes.Scope = read_scope) -> Response:
         now = clock()
-        state = directory.account_of_subscription(subscription_id)
-        view = None if state is None else subscription_view(state, subscription_id, now)
+        state = index.account_of_subscription(subscription_id)
+        view = None
+        if state is not None and may_read(scope, state):
+            view = subscription_view(state, subscription_id, now)
         if view is None:
             return problem(404, "Not Found", f"subscription '{subscription_id}' is not known")
         return _json(200, _overview(view, now))
+
+    if member is None:
+        return router
+    member_scope = Depends(member)
+
+    @router.get(
+        "/v1/me",
+        tags=["console"],
+        summary="A member's own seat: balance, status, reason, resets_at (with its API key)",
+        response_model=SeatBalance,
+        responses=_READ_PROBLEMS,
+    )
+    async def get_me(scope: scopes.Scope = member_scope) -> Response:
+        """The seat of the API key presented (`Authorization: Bearer sk-tp-…`); its usage rows
+        are the ledger's `GET /v1/me/usage`."""
+        now = clock()
+        seat_id = scope.seat_id or ""
+        state = index.account_of_seat(seat_id)
+        seat = None
+        if state is not None and may_read(scope, state, seat_id):
+            seat = seat_view(state, seat_id, now)
+        if seat is None:
+            return problem(404, "Not Found", f"seat '{seat_id}' is not known yet")
+        return _json(200, _seat_balance(seat))
 
     return router
 

@@ -15,15 +15,17 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from metering.http import bearer_guard, create_app
+from metering.consumer import ProjectionConsumer, StuckAfter
+from metering.http import create_app
 from metering.outbox import OutboxRelay
-from metering.projection import ProjectionConsumer, StuckAfter
 from metering.runtime import ServiceRuntime
+from metering.scopes import MEMBER_ONLY, ScopeResolver, scope_guard
 from metering.settings import Settings
 from quota import metrics
 from quota.api import AuthorizeFastPath, Authorizer, quota_router
-from quota.projection import OUTBOX, QuotaProjection
+from quota.projection import QuotaProjection
 from quota.ratelimit import FailedKeyLimiter
+from quota.store import OUTBOX
 from quota.timer import SeatStatusTimer
 
 
@@ -67,7 +69,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     runtime.add_worker(SeatStatusTimer(projection, settings.quota_status_interval_seconds))
     limiter = FailedKeyLimiter(settings.quota_failed_keys_per_minute)
     authorizer = Authorizer(
-        projection.directory, card, key_hash_secret, limiter, clock, settings.proxies()
+        projection.index, card, key_hash_secret, limiter, clock, settings.proxies()
     )
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
     app = create_app(
@@ -77,6 +79,9 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
         hot_paths=hot_paths,
         settings=settings,
     )
-    guard = bearer_guard(settings.tokens("metering_admin_token", "metering_read_token"))
-    app.include_router(quota_router(projection.directory, authorizer, clock, guard))
+    resolver = ScopeResolver(
+        settings.tokens("metering_admin_token", "metering_read_token"), pool, key_hash_secret
+    )
+    reader, member = scope_guard(resolver), scope_guard(resolver, MEMBER_ONLY)
+    app.include_router(quota_router(projection.index, authorizer, clock, reader, member))
     return app

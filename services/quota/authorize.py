@@ -15,7 +15,7 @@ from metering.apikeys import TOKEN_PLAN_PREFIX
 from metering.core.money import to_decimal_string
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.core.views import SeatView, seat_view
-from quota.directory import Directory, KeyHolder
+from quota.accounts import AccountIndex, KeyHolder
 from schemas.api import AuthorizeAllowed, AuthorizeDenied, AuthorizeRequest, Remaining
 
 NO_KEY = "InvalidApiKey: No API-key provided."
@@ -49,7 +49,7 @@ def presented_key(authorization: str | None) -> str | None:
 
 
 def authorize(
-    directory: Directory,
+    index: AccountIndex,
     api_key: str | None,
     hash_key: Callable[[str], str],
     request: AuthorizeRequest,
@@ -57,14 +57,14 @@ def authorize(
     card: RateCard,
 ) -> Decision:
     """The decision for `api_key` (None: none presented) asking for `request` at `now`."""
-    holder = key_holder(directory, api_key, hash_key, now)
+    holder = key_holder(index, api_key, hash_key, now)
     if isinstance(holder, Decision):
         return holder
     return decide(holder, request, now, card)
 
 
 def key_holder(
-    directory: Directory,
+    index: AccountIndex,
     api_key: str | None,
     hash_key: Callable[[str], str],
     now: datetime,
@@ -75,7 +75,7 @@ def key_holder(
         return _denied(401, "missing_api_key", NO_KEY)
     if not api_key.startswith(TOKEN_PLAN_PREFIX):
         return _denied(401, "wrong_plan", WRONG_PLAN)
-    holder = directory.key(hash_key(api_key))
+    holder = index.key(hash_key(api_key))
     if holder is None or _revoked(holder, now):
         return _denied(401, "invalid_api_key", INVALID_KEY)
     return holder

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from metering.consumer import consumer_metrics
 from metering.metrics import child_of, per_subscription
-from metering.projection import consumer_metrics
 
 AUTHORIZE_DECISIONS = Counter(
     "metering_quota_authorize_decisions_total",

@@ -30,10 +30,32 @@ DEADLINE_SECONDS = 20.0
 MODEL = "qwen3.6-plus"
 SEED_USAGE = {"input_tokens": 8_349, "cached_tokens": 40_794, "output_tokens": 573}
 """design.md §3's published example: exactly 3.18 credits."""
-SEAT_MONTH = {"input_tokens": 125_000_000}
-"""25,000 credits of qwen3.6-plus (200 per million input tokens): a standard seat's month."""
+SEAT_MONTH = 25_000
+"""A standard seat's month of credits (design.md §2)."""
+CONTEXT = 1_000_000
+"""qwen3.6-plus's context window: a request's input (with cached) and its output each fit in
+it, or ingest refuses the report (design.md §4a)."""
+BATCH = 1_000
+"""The most reports `POST /v1/usage/batch` takes at once."""
 
 Json = dict[str, Any]
+
+
+def requests_costing(credits: int) -> list[Json]:
+    """Token counts of qwen3.6-plus requests that cost exactly `credits` in all, each within
+    the context window: at most 1,000,000 output tokens (1,200 credits, 1,200 per million)
+    and 1,000,000 input tokens (200 credits, 200 per million). Every component is a whole
+    number of credits (3 credits are 2,500 output tokens, 1 is 5,000 input tokens), so the
+    rate card's rounding up to 0.01 credit changes nothing."""
+    usages: list[Json] = []
+    left = credits
+    while left > 0:
+        output = min(left, 1_200) // 3 * 3
+        input_ = min(left - output, 200)
+        usages.append({"input_tokens": input_ * 5_000, "output_tokens": output * 2_500 // 3})
+        left -= output + input_
+    assert all(u["input_tokens"] <= CONTEXT and u["output_tokens"] <= CONTEXT for u in usages)
+    return usages
 
 
 def rfc3339(t: datetime) -> str:
@@ -142,6 +164,26 @@ class Team:
         assert accepted.status_code == 202, accepted.text
         return str(report["request_id"])
 
+    async def use_credits(
+        self, seat: Seat, credits: int, occurred_at: datetime | None = None
+    ) -> list[str]:
+        """Report the usage of as many requests as it takes to cost `credits` in all
+        (`requests_costing`), in batches, a microsecond apart up to `occurred_at` (now unless
+        said), so the ledger lists them in the order sent; their request ids, in that order."""
+        usages = requests_costing(credits)
+        last = occurred_at or datetime.now(UTC)
+        reports = [
+            self.report(seat, usage, last - timedelta(microseconds=len(usages) - 1 - n))
+            for n, usage in enumerate(usages)
+        ]
+        for start in range(0, len(reports), BATCH):
+            batch = reports[start : start + BATCH]
+            answer = await self.ingest.post("/v1/usage/batch", json={"reports": batch})
+            assert answer.status_code == 200, answer.text
+            statuses = [r["status"] for r in answer.json()["results"]]
+            assert statuses == ["accepted"] * len(batch), answer.text
+        return [str(r["request_id"]) for r in reports]
+
 
 async def new_team(
     ingest: httpx.AsyncClient,
@@ -202,9 +244,13 @@ async def authorized(quota: httpx.AsyncClient, api_key: str, code: int) -> Json:
 
 
 async def usage_rows(ledger: httpx.AsyncClient, team: Team, count: int) -> list[Json]:
-    """The subscription's usage details (newest first), once the ledger has `count` rows."""
+    """The subscription's usage details (newest first, at most one page of 1,000), once the
+    ledger has `count` rows."""
+    assert count <= BATCH
     answer = await eventually(
-        lambda: ledger.get(f"/v1/subscriptions/{team.subscription_id}/usage"),
+        lambda: ledger.get(
+            f"/v1/subscriptions/{team.subscription_id}/usage", params={"limit": BATCH}
+        ),
         lambda a: a.status_code == 200 and len(a.json()["rows"]) >= count,
     )
     assert answer.status_code == 200, answer.text

@@ -15,9 +15,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -50,10 +51,10 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.integration
 
-THIRTY_THOUSAND = {"output_tokens": 25_000_000}
-"""30,000 credits of qwen3.6-plus (1,200 per million output tokens): more than a seat month."""
-ONE_AND_A_QUARTER_MILLION = {"input_tokens": 6_250_000_000}
-"""1,250,000 credits of qwen3.6-plus (200 per million input tokens): two packs' worth."""
+THIRTY_THOUSAND = 30_000
+"""More credits than a standard seat's month."""
+ONE_AND_A_QUARTER_MILLION = 1_250_000
+"""Two packs' worth of credits."""
 
 
 def exhausted(seat_id: str, resets_at: datetime) -> Json:
@@ -90,6 +91,30 @@ def seat_bucket(seat_id: str, month_start: datetime) -> str:
 
 def paid(product: str, bucket_id: str, credits: str) -> Json:
     return {"product": product, "bucket_id": bucket_id, "credits": credits}
+
+
+def paid_per_bucket(rows: Iterable[Json]) -> dict[tuple[str, str], Decimal]:
+    """What the usage rows' receipts drew from each (product, bucket) in all."""
+    sums: dict[tuple[str, str], Decimal] = {}
+    for row in rows:
+        for part in row["paid_from"]:
+            bucket = (part["product"], part["bucket_id"])
+            sums[bucket] = sums.get(bucket, Decimal(0)) + Decimal(part["credits"])
+    return sums
+
+
+def buckets_in_order(rows: Iterable[Json]) -> list[tuple[tuple[str, str], Decimal]]:
+    """The receipts' parts of the rows in the order given, consecutive parts of one bucket
+    added up: each bucket once, in the order the deductions drew on them."""
+    runs: list[tuple[tuple[str, str], Decimal]] = []
+    for row in rows:
+        for part in row["paid_from"]:
+            bucket, credits = (part["product"], part["bucket_id"]), Decimal(part["credits"])
+            if runs and runs[-1][0] == bucket:
+                runs[-1] = (bucket, runs[-1][1] + credits)
+            else:
+                runs.append((bucket, credits))
+    return runs
 
 
 # -- §3 pricing ----------------------------------------------------------------------------
@@ -185,41 +210,44 @@ async def test_seat_quota_pays_first_then_the_packs_soonest_expiry_first(
     team = await new_team(ingest, started_at)
     seat = team.seat
     suffix = team.account_id
-    early, late = now() - timedelta(days=10), now() - timedelta(days=2)
+    early, late = now() - timedelta(hours=48), now() - timedelta(hours=24)
     a, b, c = f"a-{suffix}", f"b-{suffix}", f"c-{suffix}"
     await team.buy_pack(a, late)  # expires last
     await team.buy_pack(c, early)  # expires with b; its id sorts after b's
     await team.buy_pack(b, early)
 
-    first = await team.use(seat, THIRTY_THOUSAND)
-    second = await team.use(seat, ONE_AND_A_QUARTER_MILLION)
+    first = await team.use_credits(seat, THIRTY_THOUSAND)
+    second = await team.use_credits(seat, ONE_AND_A_QUARTER_MILLION)
+    sent = first + second
 
-    rows = await usage_rows(ledger, team, 2)
+    rows = await usage_rows(ledger, team, len(sent))
+    assert [r["request_id"] for r in rows] == sent[::-1]
+    assert {r["shortfall"] for r in rows} == {"0"}
     month = seat_bucket(seat.seat_id, started_at)
-    assert [(r["request_id"], r["credits"], r["paid_from"], r["shortfall"]) for r in rows] == [
-        (
-            second,
-            "1250000",
-            [
-                paid("shared_pack", b, "620000"),
-                paid("shared_pack", c, "625000"),
-                paid("shared_pack", a, "5000"),
-            ],
-            "0",
-        ),
-        (
-            first,
-            "30000",
-            [paid("seat_quota", month, "25000"), paid("shared_pack", b, "5000")],
-            "0",
-        ),
+    by_id = {r["request_id"]: r for r in rows}
+    assert paid_per_bucket(by_id[i] for i in first) == {
+        ("seat_quota", month): 25_000,
+        ("shared_pack", b): 5_000,
+    }
+    assert paid_per_bucket(by_id[i] for i in second) == {
+        ("shared_pack", b): 620_000,
+        ("shared_pack", c): 625_000,
+        ("shared_pack", a): 5_000,
+    }
+    assert sum(Decimal(r["credits"]) for r in rows) == 1_280_000
+    # in the order charged, each bucket is used up before the next one is touched
+    assert buckets_in_order([by_id[i] for i in sent]) == [
+        (("seat_quota", month), Decimal(25_000)),
+        (("shared_pack", b), Decimal(625_000)),
+        (("shared_pack", c), Decimal(625_000)),
+        (("shared_pack", a), Decimal(5_000)),
     ]
 
     usage = f"/v1/subscriptions/{team.subscription_id}/usage"
     page = (await ledger.get(usage, params={"limit": 1})).json()
-    assert [r["request_id"] for r in page["rows"]] == [second]
-    last = (await ledger.get(usage, params={"limit": 1, "cursor": page["next_cursor"]})).json()
-    assert ([r["request_id"] for r in last["rows"]], last["next_cursor"]) == ([first], None)
+    assert [r["request_id"] for r in page["rows"]] == [sent[-1]]
+    rest = (await ledger.get(usage, params={"limit": 1000, "cursor": page["next_cursor"]})).json()
+    assert ([r["request_id"] for r in rest["rows"]], rest["next_cursor"]) == (sent[-2::-1], None)
     exported = await ledger.get(usage, headers={"Accept": "text/csv"})
     assert exported.headers["content-type"].startswith("text/csv")
     assert [
@@ -227,11 +255,11 @@ async def test_seat_quota_pays_first_then_the_packs_soonest_expiry_first(
         for r in csv.DictReader(io.StringIO(exported.text))
     ] == [
         (
-            second,
-            f"shared_pack:{b}=620000; shared_pack:{c}=625000; shared_pack:{a}=5000",
-            "1250000",
-        ),
-        (first, f"seat_quota:{month}=25000; shared_pack:{b}=5000", "30000"),
+            r["request_id"],
+            "; ".join(f"{p['product']}:{p['bucket_id']}={p['credits']}" for p in r["paid_from"]),
+            r["credits"],
+        )
+        for r in rows
     ]
 
     await remaining_settles(quota, seat.api_key, remaining("0", "620000", "620000"))
@@ -346,14 +374,20 @@ async def test_an_account_holds_one_active_subscription(
     }
     refused = await ingest.post("/v1/subscriptions", json=second)
     assert refused.status_code == 409, refused.text
+    detail = (
+        f"account '{team.account_id}' already has an active subscription "
+        f"'{team.subscription_id}'; an account holds at most one active Token Plan Team "
+        "Edition subscription"
+    )
     assert refused.json() == {
-        "type": "/problems/account_already_subscribed",
+        "type": "/problems/account_has_active_subscription",
         "title": "Account already subscribed",
         "status": 409,
-        "detail": f"account '{team.account_id}' already has an active subscription "
-        f"'{team.subscription_id}'; an account holds at most one active Token Plan Team "
-        "Edition subscription",
-        "code": "account_already_subscribed",
+        "detail": detail,
+        "code": "account_has_active_subscription",
+        "errors": [
+            {"field": "started_at", "message": detail, "code": "account_has_active_subscription"}
+        ],
     }
 
 
@@ -367,7 +401,7 @@ async def test_an_upgrade_applies_now_and_resumes_the_seat_a_downgrade_waits_for
     resumes a suspended seat; a downgrade takes effect next month."""
     seat = team.seat
     resets_at = add_months(team.started_at, 1)
-    await team.use(seat, SEAT_MONTH)
+    month = await team.use_credits(seat, SEAT_MONTH)
     assert await authorized(quota, seat.api_key, 403) == exhausted(seat.seat_id, resets_at)
 
     await team.change_tier(seat, "advanced")
@@ -375,7 +409,7 @@ async def test_an_upgrade_applies_now_and_resumes_the_seat_a_downgrade_waits_for
     assert upgraded["remaining"] == remaining("75000", "0", "75000")
 
     await team.change_tier(seat, "standard")
-    await team.use(seat, SEED_USAGE)
+    seed = await team.use(seat, SEED_USAGE)
     view = await eventually(
         lambda: quota.get(f"/v1/seats/{seat.seat_id}", headers=ADMIN),
         lambda a: a.json().get("used") == "25003.18",
@@ -393,11 +427,11 @@ async def test_an_upgrade_applies_now_and_resumes_the_seat_a_downgrade_waits_for
         "shared_remaining": "0",
         "resets_at": rfc3339(resets_at),
     }
-    rows = await usage_rows(ledger, team, 2)
-    assert [(r["tier"], r["credits"]) for r in rows] == [
-        ("advanced", "3.18"),
-        ("standard", "25000"),
-    ]
+    rows = await usage_rows(ledger, team, len(month) + 1)
+    assert [r["request_id"] for r in rows] == [seed, *month[::-1]]
+    assert (rows[0]["tier"], rows[0]["credits"]) == ("advanced", "3.18")
+    assert {r["tier"] for r in rows[1:]} == {"standard"}
+    assert sum(Decimal(r["credits"]) for r in rows[1:]) == SEAT_MONTH
     this_month = (await statement(ledger, team, f"{team.started_at:%Y-%m}"))["seats"]
     next_month = (await statement(ledger, team, f"{resets_at:%Y-%m}"))["seats"]
     assert [(s["tier"], s["quota"], s["used"]) for s in this_month] == [
@@ -423,24 +457,29 @@ async def test_exhaustion_suspends_the_seat_and_a_pack_purchase_resumes_it(
     bought, which does not pay the old shortfall."""
     seat = team.seat
     resets_at = add_months(team.started_at, 1)
-    await team.use(seat, THIRTY_THOUSAND)
+    month = seat_bucket(seat.seat_id, team.started_at)
+    before = await team.use_credits(seat, 24_000)
+    last = await team.use(seat, {"input_tokens": 1_000_000, "output_tokens": 1_000_000})
     assert await authorized(quota, seat.api_key, 403) == exhausted(seat.seat_id, resets_at)
-    [row] = await usage_rows(ledger, team, 1)
-    assert (row["credits"], row["paid_from"], row["shortfall"]) == (
-        "30000",
-        [paid("seat_quota", seat_bucket(seat.seat_id, team.started_at), "25000")],
-        "5000",
+    rows = await usage_rows(ledger, team, len(before) + 1)
+    assert [r["request_id"] for r in rows] == [last, *before[::-1]]
+    assert (rows[0]["credits"], rows[0]["paid_from"], rows[0]["shortfall"]) == (
+        "1400",  # 200 for the input, 1,200 for the output: 1,000 left on the seat
+        [paid("seat_quota", month, "1000")],
+        "400",
     )
+    assert paid_per_bucket(rows[1:]) == {("seat_quota", month): 24_000}
+    assert {r["shortfall"] for r in rows[1:]} == {"0"}
 
     await team.buy_pack(f"pack-{team.account_id}", now())
     resumed = await authorized(quota, seat.api_key, 200)
     assert resumed["remaining"] == remaining("0", "625000", "625000")
 
-    month = await statement(ledger, team, f"{team.started_at:%Y-%m}")
-    assert (month["deducted"], month["shortfall"], month["requests"]) == (
+    statement_ = await statement(ledger, team, f"{team.started_at:%Y-%m}")
+    assert (statement_["deducted"], statement_["shortfall"], statement_["requests"]) == (
         {"seat": "25000", "shared": "0", "total": "25000"},
-        "5000",
-        1,
+        "400",
+        len(rows),
     )
     assert await seat_statuses(broker, seat.seat_id, 3) == [
         ("active", "seat_added", None),
@@ -478,7 +517,7 @@ async def rollover(ingest: httpx.AsyncClient, services: dict[str, str]) -> Rollo
     at = now() + timedelta(seconds=ROLLOVER_IN_SECONDS)
     started_at = start_for_month_end(at)
     used_up, late, quiet = [await new_team(ingest, started_at) for _ in range(3)]
-    await used_up.use(used_up.seat, SEAT_MONTH)
+    await used_up.use_credits(used_up.seat, SEAT_MONTH)
     async with gateway_client(services) as quota:
         answer = await authorized(quota, used_up.seat.api_key, 403)
     assert datetime.now(UTC) < at - timedelta(seconds=1), "set-up outlasted the month"
@@ -508,18 +547,21 @@ async def test_usage_reported_after_the_month_end_is_charged_to_the_month_it_hap
     """§4: a usage draws from the seat's month that contains its time: a late report of the
     ended month uses that month up, and leaves the new month's quota whole."""
     team, seat = rollover.late, rollover.late.seat
-    late = await team.use(seat, SEAT_MONTH, rollover.at - timedelta(seconds=1))
+    late = await team.use_credits(seat, SEAT_MONTH, rollover.at - timedelta(seconds=1))
     fresh = await team.use(seat, SEED_USAGE)
 
-    rows = {r["request_id"]: r["paid_from"] for r in await usage_rows(ledger, team, 2)}
-    assert rows == {
-        late: [paid("seat_quota", seat_bucket(seat.seat_id, rollover.month_start), "25000")],
-        fresh: [paid("seat_quota", seat_bucket(seat.seat_id, rollover.at), "3.18")],
-    }
+    rows = {r["request_id"]: r for r in await usage_rows(ledger, team, len(late) + 1)}
+    ended_month = seat_bucket(seat.seat_id, rollover.month_start)
+    assert {p["bucket_id"] for i in late for p in rows[i]["paid_from"]} == {ended_month}
+    assert paid_per_bucket(rows[i] for i in late) == {("seat_quota", ended_month): 25_000}
+    assert {rows[i]["shortfall"] for i in late} == {"0"}
+    assert rows[fresh]["paid_from"] == [
+        paid("seat_quota", seat_bucket(seat.seat_id, rollover.at), "3.18")
+    ]
     await remaining_settles(quota, seat.api_key, remaining("24996.82", "0", "24996.82"))
     ended = await statement(ledger, team, f"{rollover.month_start:%Y-%m}")
     current = await statement(ledger, team, f"{rollover.at:%Y-%m}")
-    assert (ended["deducted"]["seat"], ended["requests"]) == ("25000", 1)
+    assert (ended["deducted"]["seat"], ended["requests"]) == ("25000", len(late))
     assert (current["deducted"]["seat"], current["requests"]) == ("3.18", 1)
 
 
@@ -530,7 +572,7 @@ async def test_usage_reported_after_the_month_end_does_not_suspend_the_renewed_s
     zero; a late report that uses up the ended month must not suspend a seat whose new month
     is untouched, not even for a moment on the seat-status topic."""
     team, seat = rollover.quiet, rollover.quiet.seat
-    await team.use(seat, SEAT_MONTH, rollover.at - timedelta(seconds=1))
+    await team.use_credits(seat, SEAT_MONTH, rollover.at - timedelta(seconds=1))
     await team.use(seat, SEED_USAGE)
     await remaining_settles(quota, seat.api_key, remaining("24996.82", "0", "24996.82"))
     statuses = await topic_messages(
@@ -622,8 +664,9 @@ async def test_a_revoked_key_is_refused_and_its_later_usage_is_never_charged(
     broker: str,
 ) -> None:
     """§5: a revoked key is answered like an unknown one while the seat's other key keeps
-    working; usage reported afterwards under the revoked key is rejected by the ledger (with
-    the reason on metering.ledger.v1) and charges nothing."""
+    working; §4a: usage reported afterwards under the revoked key could not take effect, so
+    ingest refuses it at once (422, code `key_revoked`): it never reaches the ledger (no
+    rejection on metering.ledger.v1) and charges nothing."""
     revoked = team.seat
     kept = await team.issue_key(revoked.seat_id)
     await authorized(quota, revoked.api_key, 200)
@@ -647,18 +690,28 @@ async def test_a_revoked_key_is_refused_and_its_later_usage_is_never_charged(
     )
 
     refused_usage = await ingest.post("/v1/usage", json=team.report(revoked, SEED_USAGE))
-    assert refused_usage.status_code == 202, refused_usage.text
+    assert refused_usage.status_code == 422, refused_usage.text
+    assert refused_usage.headers["content-type"] == "application/problem+json"
+    body = refused_usage.json()
+    assert (body["title"], body["detail"], body["code"]) == (
+        "Invalid request",
+        "invalid fields: key_id",
+        "key_revoked",
+    )
+    [problem] = body["errors"]
+    assert (problem["field"], problem["code"]) == ("key_id", "key_revoked")
+    assert re.fullmatch(
+        re.escape(f"API key '{revoked.key_id}' was revoked at ") + r"\S+", problem["message"]
+    ), problem["message"]
     charged = await team.use(kept, SEED_USAGE)
 
-    def rejections(messages: list[Json]) -> list[Json]:
-        return [m for m in once_each(messages) if m["event_type"] == "FactRejected"]
-
     messages = await topic_messages(
-        broker, "metering.ledger.v1", team.account_id, lambda found: bool(rejections(found))
+        broker,
+        "metering.ledger.v1",
+        team.account_id,
+        lambda found: any(m["event_type"] == "CreditsDeducted" for m in found),
     )
-    [rejection] = rejections(messages)
-    assert rejection["payload"]["rejected_event_id"] == refused_usage.json()["event_id"]
-    assert rejection["payload"]["reason"] == "key_revoked"
+    assert [m["event_type"] for m in once_each(messages)] == ["CreditsDeducted"]
     [row] = await usage_rows(ledger, team, 1)
     assert (row["request_id"], row["key_id"], row["credits"]) == (charged, kept.key_id, "3.18")
 
@@ -687,7 +740,7 @@ async def gate(ingest: httpx.AsyncClient) -> Gate:
     revoked = await team.issue_key(team.seat.seat_id)
     answer = await ingest.delete(f"/v1/keys/{revoked.key_id}")
     assert answer.status_code == 200, answer.text
-    await team.use(team.seats[1], SEAT_MONTH)
+    await team.use_credits(team.seats[1], SEAT_MONTH)
     cancelled = await new_team(ingest)
     cancel = {"at": rfc3339(datetime.now(UTC))}
     answer = await ingest.post(f"/v1/subscriptions/{cancelled.subscription_id}/cancel", json=cancel)

@@ -44,7 +44,7 @@ from tests.deploy.test_rules import (
     tool,
     variable_queries,
 )
-from tests.integration.test_ingest import usage
+from tests.integration.test_ingest import team, usage
 from tests.integration.test_ingest_resilience import embedded_broker_process
 from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
 from tests.unit.event_builders import Facts
@@ -159,17 +159,17 @@ def drive_load(services: dict[str, str], stack: Stack) -> None:
         ]
         assert statuses == ["accepted", "duplicate", "conflict", "invalid", "invalid"]
 
-        team.use(1, 6, **BIG_USAGE)  # the seat's month and the pack, and shortfall
+        team.use(1, 465, **BIG_USAGE)  # 651,000: the seat's month, the pack, and shortfall
         assert until(lambda: authorize(quota, team.key(1)), status_is(403)).status_code == 403
         assert authorize(quota, team.key(2)).status_code == 200
         unknown_key = {"Authorization": "Bearer sk-tp-not-a-key", "X-Forwarded-For": "192.0.2.1"}
         denied = quota.post("/v1/authorize", json={"model": "qwen3.6-plus"}, headers=unknown_key)
         assert denied.status_code == 401, denied.text  # from an address of its own: no 429
         deducted = until(  # the ledger applied this round before the next one begins
-            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage"),
-            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 7,
+            lambda: ledger.get(f"/v1/subscriptions/{team.subscription}/usage?limit=1000"),
+            lambda a: a.status_code == 200 and len(a.json()["rows"]) == 466,
         )
-        assert len(deducted.json()["rows"]) == 7, deducted.text
+        assert len(deducted.json()["rows"]) == 466, deducted.text
 
     asyncio.run(_produce_around_ingest(stack, team.account))
 
@@ -193,11 +193,14 @@ async def _produce_around_ingest(stack: Stack, account: str) -> None:
 
 
 def refuse_with_503(replica: str, stack: Stack) -> None:
-    """A usage report to an ingest replica whose broker is paused: 503 after 5 s."""
+    """A usage report (of a real team's key) to an ingest replica whose broker is paused: 503
+    after 5 s."""
+    with httpx.Client(base_url=replica, headers=AUTH, timeout=30) as ingest:
+        account = team(ingest, "outage")
     broker = embedded_broker_process(stack)
     broker.send_signal(signal.SIGSTOP)
     try:
-        report = usage(f"outage-{uuid.uuid4().hex[:8]}", "during")
+        report = usage(account, "during")
         refused = httpx.post(f"{replica}/v1/usage", json=report, headers=AUTH, timeout=30)
         assert refused.status_code == 503, refused.text
     finally:

@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from metering.consumer import ProjectionConsumer, Record, StuckAfter, consumer_metrics
 from metering.db import Connection
-from metering.projection import ProjectionConsumer, Record, StuckAfter, consumer_metrics
 from metering.stack import Stack
 from tests.integration.isolated import PARTITIONS, IsolatedEnv, isolated_env
 

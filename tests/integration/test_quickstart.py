@@ -72,7 +72,7 @@ def start_dev(home: Path) -> DevRun:
     """`metering dev` in `home` as in a clone (`.venv` beside `.run`), on free ports."""
     if not (home / ".venv").exists():
         (home / ".venv").symlink_to(REPO / ".venv")
-    base_port = free_port_run(len(dev.SERVICES))
+    base_port = free_port_run(len(dev.DEV_SERVICES))
     output = home / "make-run.out"
     with output.open("w") as out:
         process = subprocess.Popen(
@@ -188,7 +188,7 @@ def test_metering_commands_find_the_stack_through_run_env(dev_run: DevRun) -> No
 
 def test_a_second_stack_on_the_same_state_is_refused(dev_run: DevRun) -> None:
     done = subprocess.run(
-        [*METERING, "dev", "--base-port", str(free_port_run(len(dev.SERVICES)))],
+        [*METERING, "dev", "--base-port", str(free_port_run(len(dev.DEV_SERVICES)))],
         cwd=dev_run.home,
         capture_output=True,
         text=True,
@@ -231,7 +231,7 @@ def test_every_readme_bash_example_runs(dev_run: DevRun) -> None:
 
 
 def test_taken_ports_are_named_with_a_free_alternative(tmp_path: Path) -> None:
-    base_port = free_port_run(len(dev.SERVICES))
+    base_port = free_port_run(len(dev.DEV_SERVICES))
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", base_port + 1))
         squatter.listen()

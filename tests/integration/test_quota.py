@@ -27,8 +27,9 @@ from tests.integration.kafka_reading import read_until
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DEADLINE = 60.0
-BIG_USAGE = {"output_tokens": 100_000_000}
-"""120,000 credits of qwen3.6-plus (1,200 credits per million output tokens)."""
+BIG_USAGE = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+"""1,400 credits of qwen3.6-plus (200 credits per million input tokens, 1,200 per million
+output tokens): as much as one request within its context window of 1,000,000 tokens costs."""
 
 
 @pytest.fixture
@@ -179,7 +180,8 @@ async def test_seat_suspends_when_its_quota_and_the_pack_run_out_and_resumes_wit
     )
     assert allowed.json()["remaining"] == full, allowed.text
 
-    team.use(1, 6, **BIG_USAGE)  # 720,000 credits: the seat's 25,000 and the pack's 625,000
+    # 651,000 credits: the seat's 25,000, the pack's 625,000 and 1,000 more
+    team.use(1, 465, **BIG_USAGE)
     suspended = until(lambda: authorize(quota, team.key(1)), status_is(403))
     assert suspended.status_code == 403, suspended.text
     body = suspended.json()
@@ -214,7 +216,8 @@ async def test_seat_suspends_when_its_quota_and_the_pack_run_out_and_resumes_wit
 def test_seat_and_overview_show_balances_now(ingest: httpx.Client, quota: httpx.Client) -> None:
     team = make_team(ingest)
     team.buy_pack(datetime.now(UTC) - timedelta(hours=1))
-    team.use(1, 1, output_tokens=25_000_000)  # 30,000 credits: the seat's 25,000 and 5,000
+    # 25 x 1,200 = 30,000 credits: the seat's 25,000 and 5,000 of the pack
+    team.use(1, 25, output_tokens=1_000_000)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     seat = until(
         lambda: quota.get(f"/v1/seats/{team.seat(1)}", headers=admin),

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from metering.dev import SERVICES, run_services, wait_until_ready
+from metering.dev import DEV_SERVICES, SERVICES, run_services, wait_until_ready
 from metering.processes import free_port_run
 from metering.stack import Stack
 from tests.conftest import METRICS, SECRETS
@@ -47,7 +47,7 @@ def test_sigterm_stops_services_gracefully(stack: Stack, tmp_path: Path) -> None
 
 def test_make_run_reaches_ready_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     """`metering dev` (what `make run` runs) on the embedded stack, then Ctrl-C."""
-    base_port = free_port_run(len(SERVICES))
+    base_port = free_port_run(len(DEV_SERVICES))
     env = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
     }
@@ -78,7 +78,7 @@ def test_make_run_reaches_ready_and_ctrl_c_leaves_nothing(tmp_path: Path) -> Non
         assert time.monotonic() - started < 60, "make run must be ready within 60 s"
         text = "".join(banner)
         assert "admin token:" in text, text
-        for port in range(base_port, base_port + len(SERVICES)):
+        for port in range(base_port, base_port + len(DEV_SERVICES)):
             assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
         descendants = psutil.Process(run.pid).children(recursive=True)
         database = [

@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from metering.edges import TrustedProxies
-from metering.http import Readiness, bearer_guard, create_app
+from metering.http import Readiness, create_app
+from metering.scopes import ScopeResolver, scope_guard
 from quota.api import AuthorizeFastPath, Authorizer, quota_router
 from quota.ratelimit import FailedKeyLimiter
 from tests.unit.event_builders import DEFAULT_CARD
@@ -25,6 +26,10 @@ from tests.unit.test_quota import CASES, DIRECTORY, NOW, SECRET
 @contextlib.asynccontextmanager
 async def _no_lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
+
+
+def _no_database() -> Any:
+    raise AssertionError("only the operator's token is accepted here: no database is asked")
 
 
 def quota_app(
@@ -38,7 +43,8 @@ def quota_app(
     authorizer = Authorizer(DIRECTORY, DEFAULT_CARD, SECRET, limiter, lambda: now, proxies)
     hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)] if fast_path else []
     app = create_app("quota", _no_lifespan, Readiness(), hot_paths=hot_paths)
-    app.include_router(quota_router(DIRECTORY, authorizer, lambda: now, bearer_guard(["t"])))
+    reader = scope_guard(ScopeResolver(["t"], _no_database, hash_secret=None))
+    app.include_router(quota_router(DIRECTORY, authorizer, lambda: now, reader))
     return app
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 
 import metering.core.fold as fold_module
+from metering.core import seat_status
 from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import apply, fold
 from metering.core.state import AccountState
@@ -253,3 +254,25 @@ def test_request_ids_survive_a_reload_within_the_window() -> None:
     restored = AccountState.from_dict(stored, [("r", deducted.occurred_at + REQUEST_ID_MEMORY)])
     again = apply(restored, f.usage(start + 2 * MINUTE, request_id="r"), DEFAULT_CARD)
     assert [r.reason for r in payloads(again, "FactRejected")] == ["duplicate_request_id"]
+
+
+def test_a_review_that_fails_midway_keeps_what_it_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The review before a fact finalises a pack's forfeiture, then fails: the forfeiture it
+    recorded in the state is reported all the same (else the statement would not add up)."""
+    f = Facts()
+    start = at("2026-03-01 00:00")
+    state, _ = fold(
+        [*f.team(start, ("seat-1", "standard")), f.buy_pack(start + MINUTE, "p")],
+        DEFAULT_CARD,
+    )
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("status rule failed")
+
+    monkeypatch.setattr(seat_status, "changes", broken)
+    late = apply(state, f.usage(at("2026-04-10 00:00"), credits=1), DEFAULT_CARD)
+    assert [r.event_type for r in late] == ["PackExpired", "FactRejected"]
+    assert payloads(late, "FactRejected")[0].reason == "apply_failed"
+    assert state.subscriptions["sub-1"].packs[0].expired

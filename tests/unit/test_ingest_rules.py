@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from ingest.directory import KeyRecord
-from ingest.facts import UsageWindow, envelope, usage_problems, usage_recorded
+from ingest.rules import UsageWindow, envelope, usage_problems, usage_recorded
 from metering.core.ratecard import load_rate_card
 from metering.settings import DEFAULT_RATE_CARD
 from schemas.api import UsageReport

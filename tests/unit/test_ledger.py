@@ -10,7 +10,8 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from ledger.projection import ENTRY_COLUMNS, entry_row
+from ledger.policy import entry_row
+from ledger.store import ENTRY_COLUMNS
 from ledger.usage import BadCursor, csv_header, csv_rows, decode_cursor, encode_cursor, usage_row
 from metering.core.fold import fold
 from metering.core.money import MICRO as M

@@ -97,6 +97,13 @@ def test_nothing_used_costs_nothing() -> None:
         ("half_up", 50, 10_000),
         ("half_even", 50, 0),
         ("half_even", 150, 20_000),
+        ("half_even", 250, 20_000),  # a tie at an even quotient stays down
+        ("half_even", 350, 40_000),
+        ("half_even", 251, 30_000),
+        ("half_up", 250, 30_000),
+        ("up", 100, 10_000),  # exact: nothing to round
+        ("up", 101, 20_000),
+        ("down", 199, 10_000),
         ("down", 99, 0),
         ("up", 1, 10_000),
         ("half_up", 49, 0),
@@ -105,3 +112,29 @@ def test_nothing_used_costs_nothing() -> None:
 def test_rounding_modes(mode: RoundingMode, tokens: int, credits_micro: int) -> None:
     quote = price(model("text", mode, coefficient="1"), Usage(input_tokens=tokens))
     assert quote.total_micro == credits_micro
+
+
+@pytest.mark.parametrize(
+    ("mode", "images_micro", "tools_micro"),
+    [
+        # 1 image * 40.004 * 1.5 = 60.006; 2 web searches * 2 * 1.0015 = 4.006
+        ("up", 60_010_000, 4_010_000),
+        ("down", 60_000_000, 4_000_000),
+        ("half_up", 60_010_000, 4_010_000),
+    ],
+)
+def test_images_and_tool_calls_round_by_the_cards_mode(
+    mode: RoundingMode, images_micro: int, tools_micro: int
+) -> None:
+    image = model("image", mode)
+    assert price(image, Usage(images=1)).total_micro == images_micro
+    text = model("text", mode, coefficient="1.0015")
+    tools = price(text, Usage(tool_calls={"web_search": 2}))
+    assert tools.components == [{"name": "tools", "quantity": 2, "credits_micro": tools_micro}]
+
+
+def test_a_quote_names_its_model_version_and_coefficient() -> None:
+    quote = price(model("image"), Usage(images=1))
+    assert (quote.model, quote.rate_card_version, quote.coefficient) == ("image", "v7", "1.5")
+    text = price(model("text"), Usage(input_tokens=1))
+    assert (text.model, text.rate_card_version) == ("text", "v7")

@@ -10,8 +10,8 @@ import pytest
 from metering.apikeys import key_hash
 from metering.core.fold import fold
 from metering.core.state import AccountState
+from quota.accounts import AccountIndex
 from quota.authorize import INVALID_KEY, NO_KEY, WRONG_PLAN, authorize
-from quota.directory import Directory
 from quota.ratelimit import FailedKeyLimiter
 from quota.seat_status import Published, next_status_change, status_changes
 from schemas.api import AuthorizeRequest
@@ -51,15 +51,15 @@ def team(facts: Facts, *events: FactEvent, expires_at: datetime | None = None) -
     ]
 
 
-def directory_of(*accounts: tuple[str, list[FactEvent]]) -> Directory:
-    directory = Directory()
+def directory_of(*accounts: tuple[str, list[FactEvent]]) -> AccountIndex:
+    directory = AccountIndex()
     for account_id, events in accounts:
         state, _ = fold(events, DEFAULT_CARD)
         directory.put(account_id, state)
     return directory
 
 
-def _accounts() -> Directory:
+def _accounts() -> AccountIndex:
     """`busy`: seat 1 used up (no pack), a revoked key on seat 2; `packed`: a pack, seat 1
     used up; `mid`: seat 1 used up in its second month, on a pack that expires on April 20;
     `ending`: expires at T0 + 5 days; `cancelled`: cancelled at T0 + 1 hour."""

@@ -1,5 +1,7 @@
 import copy
+import locale
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ IMAGE_MODEL = {
     "tool_call_fees": {"default": "0"},
     "coefficient": "1",
 }
+SHIPPED = Path(__file__).parents[2] / "metering" / "ratecards" / "default.yaml"
 CARD = {
     "versions": [
         {
@@ -151,6 +154,32 @@ BAD_CARDS: list[tuple[str, str, str]] = [
         "duplicate key 'm'",
     ),
     ("not a mapping", "- 1\n", "card: Input should be a valid dictionary"),
+    (
+        "a version that is not a mapping, named by its place",
+        "versions: [v1, v2]\n",
+        "card.yaml: version '#1': Input should be a valid dictionary or instance of _VersionFile; "
+        "version '#2': Input should be a valid dictionary",
+    ),
+    (
+        "no models",
+        card_with(lambda c: c["versions"][0].update(models={})),
+        "version 'v1', field models: Dictionary should have at least 1 item",
+    ),
+    (
+        "a model name that is not a string",
+        card_with(lambda c: c["versions"][0]["models"].update({5: TEXT_MODEL})),
+        "version 'v1', model 5, field [key]: Input should be a valid string",
+    ),
+    (
+        "no modality",
+        card_with(lambda c: text_model(c).pop("modality")),
+        "version 'v1', model 'm', field modality: must be 'text' or 'image'",
+    ),
+    (
+        "a rate that is a list",
+        card_with(lambda c: text_model(c).update(input_per_million=["1"])),
+        "model 'm', field input_per_million: expected a decimal string, got ['1']",
+    ),
 ]
 
 
@@ -159,9 +188,58 @@ BAD_CARDS: list[tuple[str, str, str]] = [
 )
 def test_bad_card_names_the_problem(text: str, message: str) -> None:
     with pytest.raises(RateCardError) as raised:
-        parse_rate_card(text, source="cards/bad.yaml")
-    assert str(raised.value).startswith("cards/bad.yaml: ")
+        parse_rate_card(text, source="card.yaml")
+    assert str(raised.value).startswith("card.yaml: ")
     assert message in str(raised.value)
+
+
+def test_a_duplicate_key_is_named_with_its_line() -> None:
+    with pytest.raises(
+        RateCardError, match=r"duplicate key 'm'\n  in \"<unicode string>\", line 20"
+    ):
+        parse_rate_card(card_with(lambda c: None).replace("  img:\n", "  m:\n"), source="c")
+
+
+def test_smallest_amounts_and_whole_numbers() -> None:
+    """0.000001 is a valid rate, coefficient and rounding unit; an unquoted whole number is
+    read as that many credits."""
+
+    def smallest(card: dict[str, Any]) -> None:
+        card["versions"][0]["rounding"]["unit"] = "0.000001"
+        text_model(card).update(
+            coefficient="0.000001", input_per_million=7, cached_per_million="0.000001"
+        )
+
+    model = parse_rate_card(card_with(smallest), source="card.yaml").versions[0].models["m"]
+    assert model.rounding.unit_micro == 1
+    assert (model.coefficient, model.coefficient_millionths) == ("0.000001", 1)
+    assert model.rates == TokenRates(7_000_000, 1, 1_200_000_000, 1_500_000_000)
+
+
+def test_a_card_file_is_read_as_utf8_and_named_by_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "card.yaml"
+    text = card_with(lambda c: None).replace("version: v1", "version: v1-été")
+    path.write_bytes(text.encode("utf-8"))
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # an ASCII locale must not change how it is read
+    try:
+        card = load_rate_card(path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    assert card.source == str(path)
+    assert card == parse_rate_card(text, source=str(path))
+    assert card.versions[0].models["m"].version == "v1-été"
+
+
+@pytest.mark.usefixtures("local_zone")
+def test_effective_from_in_any_zone_is_kept_in_utc() -> None:
+    card = parse_rate_card(
+        card_with(lambda c: c["versions"][0].update(effective_from="2026-01-01T02:00:00+02:00")),
+        source="card.yaml",
+    )
+    effective = card.versions[0].effective_from
+    assert effective == at("2026-01-01 00:00")
+    assert effective.utcoffset() == timedelta(0)
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
@@ -177,12 +255,28 @@ def test_version_in_force_at_a_time() -> None:
     assert card.in_force(at("2026-01-01 00:00")).version == "v1"
     assert card.in_force(at("2026-02-28 23:59")).version == "v1"
     assert card.in_force(at("2026-03-01 00:00")).version == "v2"
-    with pytest.raises(NoRateCardInForce, match="no rate card version is in force"):
+    with pytest.raises(NoRateCardInForce) as raised:
         card.in_force(at("2025-12-31 23:59"))
+    assert str(raised.value) == (
+        "no rate card version is in force at 2025-12-31T23:59:00+00:00 "
+        "(the first starts 2026-01-01T00:00:00+00:00)"
+    )
 
 
 def test_rates_compile_to_integer_micro_credits() -> None:
-    version = parse_rate_card(card_with(lambda c: None), source="card.yaml").versions[0]
+    card = parse_rate_card(card_with(lambda c: None), source="card.yaml")
+    assert card.source == "card.yaml"
+    version = card.versions[0]
+    assert (version.version, version.effective_from) == ("v1", at("2026-01-01 00:00"))
+    text = version.models["m"]
+    assert (text.model, text.version, text.context_window, text.source) == (
+        "m",
+        "v1",
+        1000,
+        "operator_set",
+    )
+    assert text.operator_set == ()
+    assert version.models["img"].context_window == 500
     assert version.models["m"].rates == TokenRates(
         200_000_000, 20_000_000, 1_200_000_000, 1_500_000_000
     )
@@ -193,7 +287,10 @@ def test_rates_compile_to_integer_micro_credits() -> None:
 
 
 def test_shipped_card() -> None:
-    models = DEFAULT_CARD.in_force(at("2026-06-01 00:00")).models
+    card = load_rate_card(SHIPPED)  # loaded here, not at import, for the mutation run to see
+    assert card == DEFAULT_CARD
+    assert card.source == str(SHIPPED)
+    models = card.in_force(at("2026-06-01 00:00")).models
     assert set(models) == {
         "qwen3.6-plus",
         "glm-5",

@@ -14,8 +14,9 @@ a partition gained or lost).
 No partition stays stuck in silence: one whose batches failed `StuckAfter.failures` times in a
 row, or that made no progress for `StuckAfter.seconds` while messages wait, is reported stuck
 (`metering_<service>_partition_stuck`), and one whose stored offset lies past the end of the
-log (the broker lost data that PostgreSQL says was applied) is paused and reported
-(`metering_<service>_offsets_past_end`): either makes the consumer not ready.
+log (the broker lost data that PostgreSQL says was applied) is reported
+(`metering_<service>_offsets_past_end`) until the log reaches it again: either makes the
+consumer not ready.
 """
 
 from __future__ import annotations
@@ -340,11 +341,9 @@ class ProjectionConsumer(BackgroundLoop):
             self._progress_at.setdefault(partition, time.monotonic())
             if partition in stored and stored[partition] > ends[tp]:
                 self._offsets_past_end(tp, stored[partition], ends[tp])
-                continue
-            self._past_end.discard(partition)
-            self._metrics.past_end.labels(str(partition)).set(0)
-            if tp in consumer.paused():
-                consumer.resume(tp)
+            else:
+                self._past_end.discard(partition)
+                self._metrics.past_end.labels(str(partition)).set(0)
             if partition in stored:
                 consumer.seek(tp, stored[partition])
             else:
@@ -353,17 +352,17 @@ class ProjectionConsumer(BackgroundLoop):
         log.info("sought to stored offsets", extra={"topic": self.topic, "offsets": offsets})
 
     def _offsets_past_end(self, tp: TopicPartition, stored: int, end: int) -> None:
-        """The log ends before the stored offset: the broker lost what we applied. Consuming
-        from its start would apply new facts under old offsets, skipping them: stop here."""
-        consumer = self._consumer
-        assert consumer is not None
-        consumer.pause(tp)
+        """The log ends before the stored offset: the broker may have lost what we applied,
+        and facts appended now would be skipped until the log reaches the stored offset. Say
+        so (not ready, gauge, alert) until it does; the partition is still consumed from the
+        stored offset, as the fenced offsets require (a broker's answer about its end can also
+        be stale for a moment: the flag then clears at the next fetch)."""
         self._past_end.add(tp.partition)
         self._metrics.past_end.labels(str(tp.partition)).set(1)
         self._metrics.lag.labels(str(tp.partition)).set(0)
         log.error(
-            "stored offset lies past the end of the log; the partition is not consumed until "
-            "an operator reconciles the broker and the stored offsets, then restarts",
+            "stored offset lies past the end of the log: facts appended now are not applied "
+            "until the log reaches it; reconcile the broker and the stored offsets",
             extra={
                 "topic": tp.topic,
                 "partition": tp.partition,
@@ -395,9 +394,14 @@ class ProjectionConsumer(BackgroundLoop):
         now = time.monotonic()
         for tp in consumer.assignment():
             partition = tp.partition
-            if partition not in self._next or partition in self._past_end:
+            if partition not in self._next:
                 continue
             end = consumer.highwater(tp)
+            if partition in self._past_end:
+                if end is None or end < (self._next[partition] or 0):
+                    continue
+                self._past_end.discard(partition)  # the log reached the stored offset
+                self._metrics.past_end.labels(str(partition)).set(0)
             lag = None if end is None else max(0, end - (self._next[partition] or 0))
             if lag is not None:
                 self._metrics.lag.labels(str(partition)).set(lag)

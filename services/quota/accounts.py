@@ -26,7 +26,7 @@ class _Entries:
     subscription_ids: list[str] = field(default_factory=list)
 
 
-class Directory:
+class AccountIndex:
     """Account states by id, plus key hash → its holder, seat → account and
     subscription → account. The fold mutates the states in place, so balances are always
     current; call `put` after a fact may have added keys, seats or subscriptions."""
@@ -37,11 +37,14 @@ class Directory:
         self._seats: dict[str, AccountState] = {}
         self._subscriptions: dict[str, AccountState] = {}
         self._entries: dict[str, _Entries] = {}
+        self._account_ids: dict[int, str] = {}
+        """id() of each held state -> its account id (the states are held, so ids are stable)."""
 
     def put(self, account_id: str, state: AccountState) -> None:
         """Hold `state` as the account's and (re)index what it contains."""
         self.drop(account_id)
         self.accounts[account_id] = state
+        self._account_ids[id(state)] = account_id
         entries = self._entries[account_id] = _Entries()
         for key in state.keys.values():
             self._keys[key.key_hash] = KeyHolder(account_id, state, key)
@@ -54,7 +57,9 @@ class Directory:
                 entries.seat_ids.append(seat_id)
 
     def drop(self, account_id: str) -> None:
-        self.accounts.pop(account_id, None)
+        state = self.accounts.pop(account_id, None)
+        if state is not None:
+            self._account_ids.pop(id(state), None)
         entries = self._entries.pop(account_id, None)
         if entries is None:
             return
@@ -73,3 +78,7 @@ class Directory:
 
     def account_of_subscription(self, subscription_id: str) -> AccountState | None:
         return self._subscriptions.get(subscription_id)
+
+    def account_id_of(self, state: AccountState) -> str | None:
+        """The id of the account whose state this is (None: not held)."""
+        return self._account_ids.get(id(state))

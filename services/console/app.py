@@ -1,0 +1,385 @@
+"""The console's pages: sign-in, team overview, usage details (with CSV), a member's page.
+
+Every figure comes from the other services' HTTP APIs, called with the signed-in credential
+(kept in an HttpOnly, SameSite=Strict cookie), so a person sees exactly what that credential's
+scope allows: a team token reads its own account's subscriptions, a member key its own seat.
+An API's `404` is shown as "not found", its `401` sends the person back to sign in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+
+from console import formatting
+from console.settings import ConsoleSettings, load_console_settings
+from metering.logs import configure_logging
+from metering.service import _exit_after_graceful_stop, server_options
+
+COOKIE = "metering_console"
+"""The signed-in credential: a team token (`tt-…`) or a member's API key (`sk-tp-…`)."""
+MEMBER_PREFIX = "sk-tp-"
+PAGE_SIZE = 50
+TOTALS_MAX_ROWS = 50_000
+"""Totals of a filter add up at most this many rows (then say so)."""
+FILTERS = ("from", "to", "seat_id", "model")
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.filters.update(
+    credits=formatting.credits,
+    count=formatting.count,
+    percent=formatting.percent,
+    when=formatting.when,
+    reason=formatting.reason,
+)
+
+
+class SignedOut(Exception):
+    """The credential is missing or an API refused it (401): sign in again."""
+
+
+class NotFound(Exception):
+    """An API answered 404: unknown, or another team's (the APIs do not say which)."""
+
+
+class Unavailable(Exception):
+    """An API did not answer, or answered something the console cannot show."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The ledger and quota, reached with one person's credential."""
+
+    client: httpx.AsyncClient
+    settings: ConsoleSettings
+    credential: str
+
+    async def get(self, service: str, path: str, params: Mapping[str, str] | None = None) -> Any:
+        base = self.settings.ledger_url if service == "ledger" else self.settings.quota_url
+        try:
+            answer = await self.client.get(
+                base.rstrip("/") + path,
+                params=dict(params or {}),
+                headers={"Authorization": f"Bearer {self.credential}"},
+            )
+        except httpx.HTTPError as error:
+            raise Unavailable(f"{service} did not answer: {type(error).__name__}") from None
+        if answer.status_code == 401:
+            raise SignedOut
+        if answer.status_code == 404:
+            raise NotFound
+        if answer.status_code == 422:
+            raise BadFilter(_problem_text(answer))
+        if answer.status_code != 200:
+            raise Unavailable(f"{service} answered {answer.status_code}")
+        return answer.json()
+
+
+class BadFilter(Exception):
+    """The ledger refused the filter (422): shown next to the form."""
+
+
+def _problem_text(answer: httpx.Response) -> str:
+    with contextlib.suppress(ValueError):
+        body = answer.json()
+        errors = body.get("errors") or []
+        if errors:
+            return "; ".join(f"{e.get('field')}: {e.get('message')}" for e in errors)
+        return str(body.get("detail") or body.get("title"))
+    return answer.text[:200]
+
+
+def filters_of(request: Request) -> dict[str, str]:
+    """The usage filters of the query string that are set (`from`, `to`, `seat_id`, `model`)."""
+    return {k: v.strip() for k in FILTERS if (v := request.query_params.get(k, "")).strip()}
+
+
+async def usage_view(
+    upstream: Upstream, path: str, request: Request, filters: dict[str, str]
+) -> dict[str, Any]:
+    """One page of usage rows (newest first), the cursors around it and the filter's totals."""
+    cursor = request.query_params.get("cursor", "")
+    params = {**filters, "limit": str(PAGE_SIZE)}
+    if cursor:
+        params["cursor"] = cursor
+    page = await upstream.get("ledger", path, params)
+    requests, tokens, spent, shortfall = 0, 0, Decimal(0), Decimal(0)
+    next_cursor: str | None = None
+    complete = True
+    while True:
+        whole = await upstream.get(
+            "ledger",
+            path,
+            {**filters, "limit": "1000", **({"cursor": next_cursor} if next_cursor else {})},
+        )
+        for row in whole["rows"]:
+            requests += 1
+            spent += Decimal(row["credits"])
+            shortfall += Decimal(row["shortfall"])
+            tokens += row["input_tokens"] + row["cached_tokens"] + row["output_tokens"]
+        next_cursor = whole["next_cursor"]
+        if not next_cursor:
+            break
+        if requests >= TOTALS_MAX_ROWS:
+            complete = False
+            break
+    return {
+        "rows": page["rows"],
+        "next_cursor": page["next_cursor"],
+        "cursor": cursor,
+        "totals": {
+            "requests": requests,
+            "credits": spent,
+            "shortfall": shortfall,
+            "tokens": tokens,
+        },
+        "totals_complete": complete,
+        "filters": filters,
+        "query": urlencode(filters),
+        "next_query": urlencode({**filters, "cursor": page["next_cursor"] or ""}),
+    }
+
+
+def build_app(
+    settings: ConsoleSettings, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = settings.console_upstream_timeout_seconds
+        async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+            app.state.client = client
+            yield
+
+    app = FastAPI(
+        title="metering console",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    def upstream(request: Request) -> Upstream:
+        credential = request.cookies.get(COOKIE, "")
+        if not credential:
+            raise SignedOut
+        return Upstream(request.app.state.client, settings, credential)
+
+    def render(
+        request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        now = datetime.now(UTC).replace(microsecond=0)
+        credential = request.cookies.get(COOKIE, "")
+        context.setdefault("refresh", None)
+        return TEMPLATES.TemplateResponse(
+            request,
+            template,
+            {
+                "now": now,
+                "countdown": lambda t: formatting.countdown(t, now),
+                "signed_in": bool(credential),
+                "member": credential.startswith(MEMBER_PREFIX),
+                **context,
+            },
+            status_code=status_code,
+        )
+
+    @app.exception_handler(SignedOut)
+    async def _signed_out(request: Request, _error: Exception) -> Response:
+        answer = render(
+            request,
+            "signin.html",
+            status_code=401,
+            message="Please sign in: the credential is missing, revoked or expired.",
+        )
+        answer.delete_cookie(COOKIE, path="/")
+        return answer
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, _error: Exception) -> Response:
+        return render(request, "not_found.html", status_code=404)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, error: Exception) -> Response:
+        return render(request, "unavailable.html", status_code=502, detail=str(error))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": "console"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def home(request: Request) -> Response:
+        credential = request.cookies.get(COOKIE, "")
+        if credential.startswith(MEMBER_PREFIX):
+            return RedirectResponse("/me", status_code=303)
+        return render(request, "signin.html", message=None)
+
+    @app.post("/signin", response_class=HTMLResponse)
+    async def signin(request: Request) -> Response:
+        form = {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
+        credential = form.get("credential", "")
+        subscription_id = form.get("subscription_id", "")
+        probe = Upstream(request.app.state.client, settings, credential)
+        try:
+            if not credential:
+                raise SignedOut
+            if credential.startswith(MEMBER_PREFIX):
+                await probe.get("quota", "/v1/me")
+                target = "/me"
+            else:
+                if not subscription_id:
+                    return render(
+                        request,
+                        "signin.html",
+                        status_code=422,
+                        message="A team token reads one subscription: give its id.",
+                    )
+                path = f"/v1/subscriptions/{quote(subscription_id, safe='')}/overview"
+                await probe.get("quota", path)
+                target = f"/subscriptions/{quote(subscription_id, safe='')}"
+        except SignedOut:
+            return render(
+                request, "signin.html", status_code=401, message="That credential was refused."
+            )
+        except NotFound:
+            return render(
+                request, "signin.html", status_code=404, message="Subscription not found."
+            )
+        answer = RedirectResponse(target, status_code=303)
+        answer.set_cookie(
+            COOKIE,
+            credential,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=settings.console_secure_cookie,
+        )
+        return answer
+
+    @app.post("/signout")
+    async def signout() -> Response:
+        answer = RedirectResponse("/", status_code=303)
+        answer.delete_cookie(COOKIE, path="/")
+        return answer
+
+    @app.get("/subscriptions/{subscription_id}", response_class=HTMLResponse)
+    async def overview(request: Request, subscription_id: str) -> Response:
+        api = upstream(request)
+        sub = quote(subscription_id, safe="")
+        data = await api.get("quota", f"/v1/subscriptions/{sub}/overview")
+        return render(request, "overview.html", o=data, sub=sub, refresh=2)
+
+    @app.get("/subscriptions/{subscription_id}/usage", response_class=HTMLResponse)
+    async def usage(request: Request, subscription_id: str) -> Response:
+        api = upstream(request)
+        sub = quote(subscription_id, safe="")
+        data = await api.get("quota", f"/v1/subscriptions/{sub}/overview")
+        filters = filters_of(request)
+        try:
+            view = await usage_view(api, f"/v1/subscriptions/{sub}/usage", request, filters)
+        except BadFilter as error:
+            view = {"error": str(error), "filters": filters, "rows": []}
+        return render(
+            request,
+            "usage.html",
+            o=data,
+            sub=sub,
+            seats=[s["seat_id"] for s in data["seats"]],
+            csv_url=f"/subscriptions/{sub}/usage.csv",
+            base_url=f"/subscriptions/{sub}/usage",
+            **view,
+        )
+
+    @app.get("/subscriptions/{subscription_id}/usage.csv")
+    async def usage_csv(request: Request, subscription_id: str) -> Response:
+        sub = quote(subscription_id, safe="")
+        return await csv_proxy(request, f"/v1/subscriptions/{sub}/usage", f"usage-{sub}.csv")
+
+    @app.get("/me", response_class=HTMLResponse)
+    async def me(request: Request) -> Response:
+        api = upstream(request)
+        seat = await api.get("quota", "/v1/me")
+        filters = filters_of(request)
+        filters.pop("seat_id", None)
+        try:
+            view = await usage_view(api, "/v1/me/usage", request, filters)
+        except BadFilter as error:
+            view = {"error": str(error), "filters": filters, "rows": []}
+        return render(
+            request,
+            "member.html",
+            seat=seat,
+            csv_url="/me/usage.csv",
+            base_url="/me",
+            refresh=None,
+            **view,
+        )
+
+    @app.get("/me/usage.csv")
+    async def me_csv(request: Request) -> Response:
+        return await csv_proxy(request, "/v1/me/usage", "my-usage.csv")
+
+    async def csv_proxy(request: Request, path: str, filename: str) -> Response:
+        """The ledger's own CSV for the filter, streamed through as it comes."""
+        api = upstream(request)
+        params = {**filters_of(request), "format": "csv"}
+        if path == "/v1/me/usage":
+            params.pop("seat_id", None)
+        client: httpx.AsyncClient = request.app.state.client
+        upstream_request = client.build_request(
+            "GET",
+            settings.ledger_url.rstrip("/") + path,
+            params=params,
+            headers={"Authorization": f"Bearer {api.credential}"},
+        )
+        try:
+            answer = await client.send(upstream_request, stream=True)
+        except httpx.HTTPError as error:
+            raise Unavailable(f"ledger did not answer: {type(error).__name__}") from None
+        if answer.status_code != 200:
+            await answer.aclose()
+            if answer.status_code == 401:
+                raise SignedOut
+            if answer.status_code == 404:
+                raise NotFound
+            raise Unavailable(f"ledger answered {answer.status_code}")
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in answer.aiter_bytes():
+                    yield chunk
+            finally:
+                await answer.aclose()
+
+        return StreamingResponse(
+            body(),
+            media_type=answer.headers.get("content-type", "text/csv"),
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    return app
+
+
+def serve() -> None:
+    """Run the console until SIGTERM/SIGINT."""
+    settings = load_console_settings()
+    configure_logging(settings.log_level, "console")
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_after_graceful_stop)
+    uvicorn.run(build_app(settings), **server_options(settings))
