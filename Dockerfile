@@ -19,6 +19,7 @@ COPY pyproject.toml README.md /src/
 COPY metering /src/metering
 COPY schemas /src/schemas
 COPY services /src/services
+COPY metering_litellm /src/metering_litellm
 # A venv without pip or setuptools: the build's own pip installs into it. Same path in the
 # final stage, since console scripts name their interpreter by absolute path.
 RUN python -m venv --without-pip /opt/metering \

@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit bench lint typecheck pytest deploy-tools schemas lock clean mutation
+.PHONY: install run test test-unit bench bench-gateway lint typecheck pytest deploy-tools schemas lock clean mutation
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# pip 23.2 (the venv's own, here) refuses a hash-checked lock where a package asks for extras
+	# of a pinned one (litellm[proxy] → fastapi-sso → pydantic[email]); pip 24.2+ installs it
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'pip>=24.2'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -74,3 +77,8 @@ lock: install
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants
+
+## make bench-gateway: what the LiteLLM plugin adds per call (p50/p99, with and without the
+## allow cache) and calls/s of one proxy worker with metering on; writes bench/gateway.json
+bench-gateway: install
+	$(BIN)/python -m metering_litellm.bench --out bench/gateway.json
