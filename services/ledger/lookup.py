@@ -18,9 +18,10 @@ from typing import Any
 
 import orjson
 
+from ledger.usage import paid_from
 from metering.core.money import to_decimal_string as credits
 from metering.db import Connection
-from schemas.api import FactEntry, FactRejection, FactStatus, PaidFrom
+from schemas.api import FactEntry, FactRejection, FactStatus
 
 #: ingest's idempotency scopes of plan commands, and the fact each one records.
 _SCOPE_EVENT_TYPES = {
@@ -34,8 +35,6 @@ _SCOPE_EVENT_TYPES = {
 }
 USAGE_SCOPE = "usage:"
 """ingest claims a usage report under scope ``usage:<account_id>`` and key = its request id."""
-_PRODUCTS = {"seat": "seat_quota", "pack": "shared_pack"}
-"""A receipt line's bucket as the usage details name it."""
 
 
 def parse_event_id(text: str) -> uuid.UUID | None:
@@ -132,14 +131,7 @@ def _entry(body: Mapping[str, Any]) -> FactEntry:
     return FactEntry(
         **common,
         price=credits(p["price_micro"]),
-        receipt=[
-            PaidFrom(
-                product=_PRODUCTS[line["bucket"]],
-                bucket_id=line["bucket_id"],
-                credits=credits(line["amount_micro"]),
-            )
-            for line in p["receipt"]
-        ],
+        receipt=paid_from(p["receipt"]),
         shortfall=credits(p["shortfall_micro"]),
     )
 

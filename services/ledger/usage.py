@@ -82,16 +82,21 @@ def usage_row(deduction: dict[str, Any]) -> UsageRow:
         coefficient=p["coefficient"],
         rate_card_version=p["rate_card_version"],
         credits=credits(p["price_micro"]),
-        paid_from=[
-            PaidFrom(
-                product=_PRODUCT[line["bucket"]],
-                bucket_id=line["bucket_id"],
-                credits=credits(line["amount_micro"]),
-            )
-            for line in p["receipt"]
-        ],
+        paid_from=paid_from(p["receipt"]),
         shortfall=credits(p["shortfall_micro"]),
     )
+
+
+def paid_from(receipt: Iterable[dict[str, Any]]) -> list[PaidFrom]:
+    """A deduction's receipt lines as the usage details show them (the product that paid)."""
+    return [
+        PaidFrom(
+            product=_PRODUCT[line["bucket"]],
+            bucket_id=line["bucket_id"],
+            credits=credits(line["amount_micro"]),
+        )
+        for line in receipt
+    ]
 
 
 CSV_COLUMNS = (
