@@ -555,25 +555,18 @@ def _publish_statuses(
         return resume[0] if resume is not None and resume[1] in (None, seat_id) else None
 
     changes = seat_status.changes(
-        state, _last_published(state), clock, hint, None if seats is None else iter(seats)
+        state, _last_published, clock, hint, None if seats is None else iter(seats)
     )
     for change in changes:
-        found = state.find_seat(change.seat_id)
-        assert found is not None
-        seat = found[1]
+        seat = state.subscriptions[change.subscription_id].seats[change.seat_id]
         seat.status = change.status
         seat.status_reason = change.reason
         out.emit(SeatStatusChangedEvent, change, clock)
     return bool(changes)
 
 
-def _last_published(state: AccountState) -> seat_status.Published:
-    def last(seat_id: str) -> tuple[SeatStatus, SeatStatusReason] | None:
-        found = state.find_seat(seat_id)
-        if found is None or found[1].status is None:
-            return None
-        seat = found[1]
-        assert seat.status is not None
-        return seat.status, seat.status_reason or "seat_added"
-
-    return last
+def _last_published(seat: Seat) -> tuple[SeatStatus, SeatStatusReason] | None:
+    """The status the fold last published for the seat (kept in the state)."""
+    if seat.status is None:
+        return None
+    return seat.status, seat.status_reason or "seat_added"

@@ -9,7 +9,7 @@ alone may next change it. Pure functions of the state and the instants they are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from metering.core.state import AccountState, Seat, Subscription, SubscriptionStatus
@@ -49,8 +49,8 @@ def resumed_because(
     return hint or "month_rolled_over"
 
 
-Published = Callable[[str], tuple[SeatStatus, SeatStatusReason] | None]
-"""The status and reason last published for a seat id, or None."""
+Published = Callable[[Seat], tuple[SeatStatus, SeatStatusReason] | None]
+"""The status and reason last published for a seat, or None."""
 
 
 def changes(
@@ -65,7 +65,7 @@ def changes(
     found = []
     for sub, seat in _every_seat(state) if seats is None else seats:
         status, reason, resets_at = status_at(sub, seat, at)
-        last = last_published(seat.seat_id)
+        last = last_published(seat)
         if last is not None and last[0] == status:
             continue
         if reason is None:
@@ -101,8 +101,3 @@ def _every_seat(state: AccountState) -> Iterator[tuple[Subscription, Seat]]:
     for _, sub in sorted(state.subscriptions.items()):
         for _, seat in sorted(sub.seats.items()):
             yield sub, seat
-
-
-def last_published_in(published: Mapping[str, tuple[SeatStatus, SeatStatusReason]]) -> Published:
-    """``last_published`` for a mapping of seat id to (status, reason)."""
-    return published.get

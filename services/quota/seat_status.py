@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from metering.core import seat_status
-from metering.core.state import AccountState
+from metering.core.state import AccountState, Seat
 from schemas.base import SCHEMA_VERSION
 from schemas.envelope import SeatStatusChangedEvent
 from schemas.results import SeatStatus, SeatStatusChanged, SeatStatusReason
@@ -37,8 +37,8 @@ def status_changes(
 ) -> list[SeatStatusChanged]:
     """The account's seats whose status at `at` is not the one last published, in seat order."""
 
-    def last(seat_id: str) -> tuple[SeatStatus, SeatStatusReason] | None:
-        found = published.get(seat_id)
+    def last(seat: Seat) -> tuple[SeatStatus, SeatStatusReason] | None:
+        found = published.get(seat.seat_id)
         return None if found is None else (found.status, found.reason)
 
     return seat_status.changes(state, last, at)
