@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
@@ -34,21 +36,46 @@ class Outgoing:
 async def publish_all(
     broker: KafkaBroker, messages: Sequence[Outgoing], within: float = ACK_TIMEOUT_SECONDS
 ) -> None:
-    """Send every message (acks=all, set on the broker) and wait for every acknowledgement."""
+    """Send every message (acks=all, set on the broker) and wait for every acknowledgement.
+
+    The messages go straight to the broker's aiokafka producer: faststream's `publish` costs
+    about 25 µs a message in codec and middleware work these JSON bytes do not need, aiokafka's
+    `send` about 3.5 µs (issue 17). Where there is no aiokafka producer (faststream's test
+    broker), faststream's `publish` sends them.
+    """
     if not messages:
         return
     try:
         async with asyncio.timeout(within):
-            pending = [
-                await broker.publish(
-                    m.value,
-                    m.topic,
-                    key=m.key.encode(),
-                    headers={"content-type": "application/json"},
-                    no_confirm=True,
-                )
-                for m in messages
-            ]
+            producer = aiokafka_producer(broker)
+            if producer is None:
+                pending: list[Any] = [
+                    await broker.publish(
+                        m.value,
+                        m.topic,
+                        key=m.key.encode(),
+                        headers=_FASTSTREAM_HEADERS,
+                        no_confirm=True,
+                    )
+                    for m in messages
+                ]
+            else:
+                send = producer.send
+                pending = [
+                    await send(m.topic, m.value, key=m.key.encode(), headers=_HEADERS)
+                    for m in messages
+                ]
             await asyncio.gather(*pending)
     except (TimeoutError, KafkaError) as error:
         raise BrokerUnavailable(f"the broker did not acknowledge: {error!r}") from error
+
+
+_HEADERS = [("content-type", b"application/json")]
+_FASTSTREAM_HEADERS = {"content-type": "application/json"}
+
+
+def aiokafka_producer(broker: KafkaBroker) -> AIOKafkaProducer | None:
+    """The started aiokafka producer behind a faststream broker, if it has one."""
+    state = getattr(getattr(broker, "_producer", None), "_producer", None)
+    producer = getattr(state, "producer", None)
+    return producer if isinstance(producer, AIOKafkaProducer) else None

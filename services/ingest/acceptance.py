@@ -62,15 +62,16 @@ class Claimed:
     response: dict[str, object]
 
 
-_CLAIM = """
+_CLAIM_TEMPLATE = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::text[],
                          $6::bytea[], $7::jsonb[]) WITH ORDINALITY
         AS t(scope, key, body_hash, event_id, account_id, envelope, response, ord)
 ), inserted AS (
-    INSERT INTO ingest_accepted (scope, key, body_hash, event_id, account_id, envelope, response)
+    INSERT INTO ingest_accepted (scope, key, body_hash, event_id, account_id, envelope, response,
+                                 published_at)
     SELECT DISTINCT ON (scope, key)
-           scope, key, body_hash, event_id, account_id, envelope, response
+           scope, key, body_hash, event_id, account_id, {envelope}, response, {published_at}
     FROM incoming ORDER BY scope, key, ord
     ON CONFLICT (scope, key) DO NOTHING
     RETURNING scope, key, body_hash, event_id, account_id, envelope, response
@@ -88,6 +89,10 @@ LEFT JOIN ingest_accepted a USING (scope, key)
 ORDER BY i.ord
 """
 
+_CLAIM = _CLAIM_TEMPLATE.format(envelope="envelope", published_at="NULL")
+_CLAIM_PUBLISHED = _CLAIM_TEMPLATE.format(envelope="NULL", published_at="now()")
+"""For facts published before their transaction commits: stored as published, no envelope."""
+
 
 class AcceptanceLog:
     """The `ingest_accepted` table."""
@@ -95,29 +100,39 @@ class AcceptanceLog:
     def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self._pool = pool
 
-    async def claim(self, claims: Sequence[Claim], conn: Connection | None = None) -> list[Claimed]:
+    async def claim(
+        self, claims: Sequence[Claim], conn: Connection | None = None, *, published: bool = False
+    ) -> list[Claimed]:
         """Claim each fact under its key, in one round trip; results are in input order.
 
         Within one call a key repeated with the same body is a duplicate of its first
         occurrence, and with another body a conflict, exactly as across calls. Pass `conn`
-        to claim inside the caller's transaction.
+        to claim inside the caller's transaction; `published` when that transaction commits
+        only once the broker acknowledged the new facts (their rows then keep no envelope and
+        need no later update).
         """
         executor = conn or self._pool()
-        rows = await self._claim_rows(executor, claims)
+        rows = await self._claim_rows(executor, claims, published)
         missing = [i for i, row in enumerate(rows) if row["event_id"] is None]
         if missing:  # a concurrent claim committed the key after our statement's snapshot
-            again = await self._claim_rows(executor, [claims[i] for i in missing])
+            again = await self._claim_rows(executor, [claims[i] for i in missing], published)
             for i, row in zip(missing, again, strict=True):
                 rows[i] = row
-        return [_claimed(claim, row) for claim, row in zip(claims, rows, strict=True)]
+        seen: set[tuple[str, str]] = set()
+        claimed = []
+        for claim, row in zip(claims, rows, strict=True):
+            first = (claim.scope, claim.key) not in seen
+            seen.add((claim.scope, claim.key))
+            claimed.append(_claimed(claim, row, first))
+        return claimed
 
     @staticmethod
     async def _claim_rows(
-        executor: asyncpg.Pool | Connection, claims: Sequence[Claim]
+        executor: asyncpg.Pool | Connection, claims: Sequence[Claim], published: bool
     ) -> list[asyncpg.Record]:
         return list(
             await executor.fetch(
-                _CLAIM,
+                _CLAIM_PUBLISHED if published else _CLAIM,
                 [c.scope for c in claims],
                 [c.key for c in claims],
                 [c.body_hash for c in claims],
@@ -174,10 +189,12 @@ class AcceptanceLog:
         ]
 
 
-def _claimed(claim: Claim, row: asyncpg.Record) -> Claimed:
+def _claimed(claim: Claim, row: asyncpg.Record, first: bool) -> Claimed:
+    """What claiming found for `claim`; `first`: no earlier claim of the call had its key (a
+    later one is a repeat, even where its event id, derived from the body, is the same)."""
     if row["event_id"] is None:
         raise RuntimeError(f"could not claim {claim.scope}/{claim.key}: retry the request")
-    if row["inserted"] and row["event_id"] == claim.event_id:
+    if first and row["inserted"] and row["event_id"] == claim.event_id:
         return Claimed(
             Outcome.NEW, claim.event_id, claim.account_id, claim.envelope, claim.response
         )

@@ -1,13 +1,23 @@
 """Accepting facts: claim under an idempotency key, publish with acknowledgement, confirm.
 
-A caller hears "accepted" only after the broker acknowledged the event (acks=all). When the
-broker does not answer, `BrokerUnavailable` propagates (the API answers 503): the fact stays
-claimed under its key and event id, so a retry of the same call, or the relay, publishes it
-under that same id and nothing is ever counted twice.
+A caller hears "accepted" only after the broker acknowledged the event (acks=all).
+
+Usage reports are accepted in *rounds* (group commit): every report that arrives while a
+round is under way joins the next one, and a round is one transaction: look up the keys,
+claim every report under its account and request id, publish the new ones and wait for the
+broker's acknowledgements, then commit. A report's event id is derived from its account and
+request id (`usage_event_id`), so a report the broker took whose commit was then lost (a
+crash, a 503) is published again, by the caller's retry, under the same id, and consumers
+skip it. One write per report, no later update, one produce round for many requests.
+
+Plan commands are claimed first (with their change to the directory), then published, then
+marked published; when the broker does not answer, the command stays claimed under its key
+and event id, and a retry or the relay publishes it under that same id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,11 +26,12 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import asyncpg
+import orjson
 from faststream.kafka import KafkaBroker
 
 from ingest import metrics
 from ingest.acceptance import AcceptanceLog, Claim, Claimed, Outcome, body_hash
-from ingest.directory import KeyRecord, keys_of
+from ingest.directory import keys_of
 from ingest.rules import FieldProblem, UsageWindow, envelope, usage_problems, usage_recorded
 from metering.core.ratecard import RateCard
 from metering.db import Connection
@@ -30,6 +41,21 @@ from schemas.base import Contract
 
 UsageStatus = Literal["accepted", "duplicate", "conflict", "invalid"]
 Clock = Callable[[], datetime]
+
+USAGE_EVENT_NAMESPACE = uuid.UUID("0c2f4a8e-61d3-4b7a-9e15-3f8a2d6c4b91")
+ROUND_MAX_REPORTS = 2_000
+"""A round takes the waiting requests up to about this many reports (a request is never split)."""
+ROUNDS_IN_FLIGHT = 2
+"""Rounds under way at once: while one waits for the broker, the next one is being claimed."""
+
+
+def usage_event_id(account_id: str, request_id: str, digest: bytes) -> uuid.UUID:
+    """The event id of an account's usage report with this body digest: the same report
+    always has the same id, so publishing it again (after a lost commit) is harmless, as
+    consumers skip an id they have. The body is part of it: a request id used again for
+    another report, once every memory of the first has gone, is a new event."""
+    name = orjson.dumps([account_id, request_id, digest.hex()]).decode()  # no ambiguity
+    return uuid.uuid5(USAGE_EVENT_NAMESPACE, name)
 
 
 @dataclass(frozen=True)
@@ -101,51 +127,63 @@ class Intake:
         self._window = window
         self._clock = clock
         self._events_topic = events_topic
+        self._rounds = Rounds(self._usage_round)
 
     async def accept_usage(self, reports: Sequence[UsageReport]) -> list[UsageResult]:
-        """Accept a batch of reports: one database round trip, one round of acks."""
+        """Accept a batch of reports in the next round (see the module's docstring)."""
+        if not reports:
+            return []
+        return await self._rounds.submit(reports)
+
+    async def _usage_round(
+        self, requests: Sequence[Sequence[UsageReport]]
+    ) -> list[list[UsageResult]]:
+        """One round: one transaction, one lookup of keys, one claim, one round of acks."""
         now = self._clock()
-        keys = await self._keys_of(reports)
-        results: list[UsageResult | None] = []
-        claims: list[Claim] = []
-        for report in reports:
-            key = keys.get(report.key_id)
-            problems = usage_problems(report, self._card, self._window, now, key)
-            if problems:
-                results.append(UsageResult("invalid", problems=problems))
-                continue
-            results.append(None)
-            event_id = uuid.uuid4()
-            claims.append(
-                Claim(
-                    scope=f"usage:{report.account_id}",
-                    key=report.request_id,
-                    body_hash=body_hash(report.model_dump(mode="json")),
-                    event_id=event_id,
-                    account_id=report.account_id,
-                    envelope=envelope(
-                        "UsageRecorded",
-                        usage_recorded(report),
-                        event_id=event_id,
-                        account_id=report.account_id,
-                        occurred_at=report.occurred_at,
-                        recorded_at=now,
-                    ),
-                    response={},
-                )
-            )
-        claimed = await self._log.claim(claims) if claims else []
-        await self._publish(claimed)
+        async with self._pool().acquire() as conn, conn.transaction():
+            keys = await keys_of(conn, [r.key_id for reports in requests for r in reports])
+            answers: list[list[UsageResult | None]] = []
+            claims: list[Claim] = []
+            for reports in requests:
+                answer: list[UsageResult | None] = []
+                for report in reports:
+                    problems = usage_problems(
+                        report, self._card, self._window, now, keys.get(report.key_id)
+                    )
+                    if problems:
+                        answer.append(UsageResult("invalid", problems=problems))
+                        continue
+                    answer.append(None)
+                    digest = body_hash(report.model_dump(mode="json"))
+                    event_id = usage_event_id(report.account_id, report.request_id, digest)
+                    claims.append(
+                        Claim(
+                            scope=f"usage:{report.account_id}",
+                            key=report.request_id,
+                            body_hash=digest,
+                            event_id=event_id,
+                            account_id=report.account_id,
+                            envelope=envelope(
+                                "UsageRecorded",
+                                usage_recorded(report),
+                                event_id=event_id,
+                                account_id=report.account_id,
+                                occurred_at=report.occurred_at,
+                                recorded_at=now,
+                            ),
+                            response={},
+                        )
+                    )
+                answers.append(answer)
+            claimed = await self._log.claim(claims, conn, published=True) if claims else []
+            await self._publish(claimed, mark=False)
         judged = iter(
             _usage_result(c, report_id=claim.key) for c, claim in zip(claimed, claims, strict=True)
         )
-        return [result if result is not None else next(judged) for result in results]
-
-    async def _keys_of(self, reports: Sequence[UsageReport]) -> dict[str, KeyRecord]:
-        if not reports:
-            return {}
-        async with self._pool().acquire() as conn:
-            return await keys_of(conn, [r.key_id for r in reports])
+        return [
+            [result if result is not None else next(judged) for result in answer]
+            for answer in answers
+        ]
 
     async def accept_command(self, command: PlanCommand) -> CommandResult:
         """Append one plan fact, changing the directory in the same transaction as its claim."""
@@ -202,7 +240,7 @@ class Intake:
         metrics.RELAYED.inc(len(stale))
         return len(stale)
 
-    async def _publish(self, claimed: Sequence[Claimed]) -> None:
+    async def _publish(self, claimed: Sequence[Claimed], mark: bool = True) -> None:
         due = {c.event_id: c for c in claimed if c.outcome in (Outcome.NEW, Outcome.UNCONFIRMED)}
         messages = [
             Outgoing(self._events_topic, c.account_id, c.envelope)
@@ -217,7 +255,68 @@ class Intake:
             raise
         if messages:
             metrics.BROKER_ACK_SECONDS.observe(time.perf_counter() - started)
-        await self._log.mark_published(list(due))
+        if mark:
+            await self._log.mark_published(list(due))
+
+
+class Rounds:
+    """Group commit: requests that arrive while rounds are under way wait for the next one.
+
+    `submit` queues a request's reports and waits for its answer; up to `ROUNDS_IN_FLIGHT`
+    rounds run at once, each taking the requests waiting (whole, up to about
+    `ROUND_MAX_REPORTS` reports). A round that fails fails each of its requests with its
+    error (a broker outage: every caller is told to retry).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Sequence[Sequence[UsageReport]]], Awaitable[list[list[UsageResult]]]],
+        in_flight: int = ROUNDS_IN_FLIGHT,
+        max_reports: int = ROUND_MAX_REPORTS,
+    ) -> None:
+        self._run = run
+        self._waiting: list[tuple[Sequence[UsageReport], asyncio.Future[list[UsageResult]]]] = []
+        self._slots = in_flight
+        self._max_reports = max_reports
+
+    async def submit(self, reports: Sequence[UsageReport]) -> list[UsageResult]:
+        answer: asyncio.Future[list[UsageResult]] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(_retrieved)  # a caller that went away leaves no warning
+        self._waiting.append((reports, answer))
+        if self._slots:
+            self._slots -= 1
+            asyncio.get_running_loop().create_task(self._rounds())
+        return await asyncio.shield(answer)
+
+    async def _rounds(self) -> None:
+        try:
+            while self._waiting:
+                taken, size = 0, 0
+                while taken < len(self._waiting) and (
+                    not taken or size + len(self._waiting[taken][0]) <= self._max_reports
+                ):
+                    size += len(self._waiting[taken][0])
+                    taken += 1
+                round_, self._waiting = self._waiting[:taken], self._waiting[taken:]
+                try:
+                    results = await self._run([reports for reports, _ in round_])
+                except BaseException as error:  # every caller of the round hears it
+                    for _, answer in round_:
+                        if not answer.done():
+                            answer.set_exception(error)
+                    if not isinstance(error, Exception):
+                        raise
+                else:
+                    for (_, answer), result in zip(round_, results, strict=True):
+                        if not answer.done():
+                            answer.set_result(result)
+        finally:
+            self._slots += 1
+
+
+def _retrieved(answer: asyncio.Future[list[UsageResult]]) -> None:
+    if not answer.cancelled():
+        answer.exception()
 
 
 def _usage_result(claimed: Claimed, report_id: str) -> UsageResult:

@@ -1,0 +1,105 @@
+"""ingest's group commit (`intake.Rounds`) and its derived usage event ids."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from ingest.intake import Rounds, UsageResult, usage_event_id
+
+
+class Recorder:
+    """A round that records the requests it was given and answers each report 'accepted'."""
+
+    def __init__(self, pause: float = 0.01, fail: BaseException | None = None) -> None:
+        self.rounds: list[list[list[Any]]] = []
+        self.pause = pause
+        self.fail = fail
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, requests: Sequence[Sequence[Any]]) -> list[list[UsageResult]]:
+        self.rounds.append([list(r) for r in requests])
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self.pause)
+            if self.fail is not None:
+                raise self.fail
+            return [[UsageResult("accepted") for _ in reports] for reports in requests]
+        finally:
+            self.running -= 1
+
+
+async def test_requests_arriving_during_a_round_share_the_next_one() -> None:
+    run = Recorder()
+    rounds = Rounds(run, in_flight=1)
+    first = asyncio.ensure_future(rounds.submit(["r0"]))  # type: ignore[list-item]
+    await asyncio.sleep(0.001)  # its round is under way
+    later = [rounds.submit([f"r{n}"]) for n in range(1, 10)]  # type: ignore[list-item]
+    answers = await asyncio.gather(first, *later)
+    assert [len(a) for a in answers] == [1] * 10
+    # the first request has a round alone; the nine that came meanwhile share the next
+    assert [len(r) for r in run.rounds] == [1, 9]
+    assert [reports for r in run.rounds for reports in r] == [[f"r{n}"] for n in range(10)]
+
+
+async def test_at_most_in_flight_rounds_run_at_once() -> None:
+    run = Recorder()
+    rounds = Rounds(run, in_flight=2)
+    callers = []
+    for _ in range(50):
+        callers.append(asyncio.ensure_future(rounds.submit(["r"])))  # type: ignore[list-item]
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*callers)
+    assert run.most_running == 2
+    assert sum(len(r) for r in run.rounds) == 50
+
+
+async def test_a_round_takes_whole_requests_up_to_its_size() -> None:
+    run = Recorder()
+    rounds = Rounds(run, in_flight=1, max_reports=5)
+    await asyncio.gather(*(rounds.submit(["a"] * 3) for _ in range(5)))  # type: ignore[list-item]
+    sizes = [sum(len(reports) for reports in r) for r in run.rounds]
+    assert sizes == [3, 3, 3, 3, 3]  # never split, never two of 3 over 5
+    big = Recorder()
+    await Rounds(big, in_flight=1, max_reports=5).submit(["a"] * 8)  # type: ignore[list-item]
+    assert [sum(len(reports) for reports in r) for r in big.rounds] == [8]
+
+
+async def test_a_failing_round_fails_each_of_its_requests_and_later_rounds_go_on() -> None:
+    run = Recorder(fail=RuntimeError("broker down"))
+    rounds = Rounds(run, in_flight=1)
+    results = await asyncio.gather(
+        *(rounds.submit(["r"]) for _ in range(3)),  # type: ignore[list-item]
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+    run.fail = None
+    assert await rounds.submit(["r"]) == [UsageResult("accepted")]  # type: ignore[list-item]
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_round() -> None:
+    run = Recorder(pause=0.05)
+    rounds = Rounds(run, in_flight=1)
+    caller = asyncio.ensure_future(rounds.submit(["gone"]))  # type: ignore[list-item]
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert await rounds.submit(["next"]) == [UsageResult("accepted")]  # type: ignore[list-item]
+    assert run.rounds == [[["gone"]], [["next"]]]
+
+
+def test_a_report_has_one_event_id_and_another_body_another() -> None:
+    first = usage_event_id("acct", "req-1", b"\x01" * 32)
+    assert first == usage_event_id("acct", "req-1", b"\x01" * 32)
+    assert first != usage_event_id("acct", "req-1", b"\x02" * 32)
+    assert first != usage_event_id("acct2", "req-1", b"\x01" * 32)
+    assert first != usage_event_id("acct", "req-2", b"\x01" * 32)
+    # no two (account, request id) pairs collide by moving a separator
+    assert usage_event_id("a", "b/c", b"") != usage_event_id("a/b", "c", b"")
+    assert usage_event_id("a", "b\x00c", b"") != usage_event_id("a\x00b", "c", b"")
