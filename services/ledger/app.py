@@ -1,11 +1,14 @@
 """Wiring of the ledger service: it folds the event log into credit deductions.
 
 A `ProjectionConsumer` (group `LEDGER_CONSUMER_GROUP`) applies batches of the events topic
-to PostgreSQL exactly once through the `LedgerProjection`; an `OutboxRelay` publishes what
-the batches produced; the HTTP API reads the ledger.
+to PostgreSQL exactly once through the `LedgerProjection`, which publishes what each batch
+produced before it commits; an `OutboxRelay` publishes any rows left in the outbox (none are
+written unless `publish_now` is off); the HTTP API reads the ledger.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 
@@ -16,6 +19,7 @@ from ledger.store import OUTBOX
 from metering.consumer import ProjectionConsumer, StuckAfter
 from metering.http import create_app
 from metering.outbox import OutboxRelay
+from metering.publishing import Outgoing, publish_all
 from metering.runtime import ServiceRuntime
 from metering.scopes import MEMBER_ONLY, ScopeResolver, scope_guard
 from metering.settings import Settings
@@ -27,6 +31,10 @@ def build_app(settings: Settings) -> FastAPI:
     pool = lambda: runtime.pool  # noqa: E731 - the pool exists once the service has started
     relay = OutboxRelay(OUTBOX, pool, runtime.broker, metrics.OUTBOX_BACKLOG)
     topics = LedgerTopics(settings.ledger_topic, settings.dlq_topic)
+
+    async def publish_now(messages: Sequence[Outgoing]) -> None:
+        await publish_all(runtime.broker, messages)
+
     consumer = ProjectionConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         kafka_options=settings.kafka_options(),
@@ -34,7 +42,9 @@ def build_app(settings: Settings) -> FastAPI:
         group=settings.ledger_consumer_group,
         client_id="metering-ledger",
         pool=pool,
-        projection=LedgerProjection(card, topics, on_commit=relay.wake),
+        projection=LedgerProjection(
+            card, topics, on_commit=lambda: None, publish_now=publish_now
+        ),  # the relay polls for rows left from before; batches write none
         metrics=metrics.CONSUMER,
         stuck_after=StuckAfter(
             settings.projection_stuck_after_failures, settings.projection_stuck_after_seconds

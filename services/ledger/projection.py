@@ -2,9 +2,16 @@
 
 For each batch: parse (unparseable messages become dead letters), skip events already
 archived, fold the rest with the pure core on each account's state, then write the archive,
-the ledger entries, the accounts' new states and the outbox rows (results for
-metering.ledger.v1 and metering.seat-status.v1, dead letters for metering.dlq.v1). The
-consumer adds the offsets to the same transaction.
+the ledger entries and the accounts' new states, and publish what the batch produced (results
+for metering.ledger.v1, dead letters for metering.dlq.v1) with the broker's acknowledgement
+before the transaction commits. The consumer adds the offsets to the same transaction.
+
+Publishing before the commit is at least once, like an outbox, without writing and deleting a
+row per result (issue 17): a batch that published and then did not commit is applied again
+from the same state and publishes the same results under the same ids (they are derived from
+the event's id), which consumers of the topic skip. Without a `publish` (unit tests, or an
+operator's choice) the messages go to the `ledger_outbox` table in the transaction instead,
+and the `OutboxRelay` publishes them; it also drains any rows left there.
 
 What a batch writes is decided by the pure policy (services/ledger/policy.py); every read
 and write goes through a `LedgerStore` (services/ledger/store.py). This class holds what
@@ -18,7 +25,7 @@ it touched, so memory never runs ahead of the database.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -93,12 +100,14 @@ class LedgerProjection:
         on_commit: Callable[[], None],
         store: Callable[[Connection], LedgerStore] = PostgresLedgerStore,
         on_tally: Callable[[Tally], None] = publish,
+        publish_now: Callable[[Sequence[Outgoing]], Awaitable[None]] | None = None,
     ) -> None:
         self._card = card
         self._topics = topics
         self._on_commit = on_commit
         self._store = store
         self._on_tally = on_tally
+        self._publish_now = publish_now
         self._accounts: dict[str, _Account] = {}
         self._touched: set[str] = set()
         self._archive_months: set[datetime] = set()
@@ -129,7 +138,10 @@ class LedgerProjection:
         await store.append(writes.archive, writes.entries)
         await self._store_accounts(store)
         await store.add_subscriptions(writes.subscriptions)
-        await store.add_outgoing(writes.outgoing)
+        if self._publish_now is None:
+            await store.add_outgoing(writes.outgoing)
+        else:  # last: a broker that does not acknowledge rolls the batch back
+            await self._publish_now(writes.outgoing)
 
     def committed(self) -> None:
         self._archive_months |= self._new_months

@@ -3,6 +3,7 @@ PostgreSQL. (tests/integration/test_ledger.py runs the same projection for real.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from ledger.projection import LedgerProjection, LedgerTopics
 from ledger.store import MemoryLedgerStore, StaleAccountState
 from metering.core.fold import fold
 from metering.core.state import AccountState
+from metering.publishing import BrokerUnavailable, Outgoing
 from metering.snapshots import snapshot_json
 from schemas.envelope import FactEvent
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at
@@ -160,3 +162,65 @@ async def test_unparseable_records_become_dead_letters_and_the_rest_goes_on() ->
     parsed, dead = parse(records([b"{}"]))
     assert parsed == []
     assert dead[0][1].startswith("not a valid event")
+
+
+class PublishingLedger(Ledger):
+    """A ledger that publishes each batch's results before its commit (as the service does)."""
+
+    def __init__(self, broker_up: bool = True) -> None:
+        self.published: list[list[str]] = []
+        self.broker_up = broker_up
+        super().__init__()
+
+    def new_projection(self) -> LedgerProjection:
+        async def publish_now(messages: Sequence[Outgoing]) -> None:
+            if not self.broker_up:
+                raise BrokerUnavailable("the broker did not acknowledge")
+            self.published.append([m.value.decode() for m in messages])
+
+        return LedgerProjection(
+            DEFAULT_CARD,
+            TOPICS,
+            on_commit=lambda: None,
+            store=lambda _conn: self.store,
+            on_tally=self.tallies.append,
+            publish_now=publish_now,
+        )
+
+
+async def test_results_are_published_before_the_commit_and_not_written_to_the_outbox() -> None:
+    ledger, facts = PublishingLedger(), Facts("acct-p")
+    events = _team_and_usage(facts)
+    await ledger.batch(records(events))
+    _, bodies = folded(events)
+    assert ledger.published == [bodies]
+    assert ledger.store.outbox == []
+
+
+async def test_a_broker_that_does_not_acknowledge_rolls_the_batch_back() -> None:
+    ledger, facts = PublishingLedger(broker_up=False), Facts("acct-b")
+    events = _team_and_usage(facts)
+    with pytest.raises(BrokerUnavailable):
+        await ledger.batch(records(events))
+    assert ledger.store.entries == []
+    assert ledger.store.states == {}
+    assert ledger.tallies == []
+    ledger.broker_up = True
+    await ledger.batch(records(events))  # read again from the stored offsets
+    state, bodies = folded(events)
+    assert ledger.state("acct-b") == state
+    assert ledger.published == [bodies]
+
+
+async def test_a_batch_published_but_not_committed_publishes_the_same_results_again() -> None:
+    """At least once, with the same ids: what consumers of the ledger topic may see."""
+    ledger, facts = PublishingLedger(), Facts("acct-c")
+    first = facts.team(T0, ("s1", "standard"))
+    later = [facts.usage(T0 + timedelta(hours=1), "s1", credits=10)]
+    await ledger.batch(records(first))
+    await ledger.rolled_back_batch(records(later, first=len(first)))
+    await ledger.batch(records(later, first=len(first)))
+    assert ledger.published[1] == ledger.published[2]  # the same bodies, event ids included
+    state, bodies = folded(first + later)
+    assert ledger.state("acct-c") == state
+    assert [e["body"] for e in ledger.store.entries] == bodies
