@@ -29,6 +29,7 @@ from metering.core.receipts import paid_by_bucket, paid_by_pack
 from metering.core.state import AccountState, Subscription
 from metering.core.views import subscription_view
 from metering.eventlog import LogRead, LogReadError, read_log
+from metering.gc_tuning import tune_for_long_lived_state
 from metering.statement import PackPaid, SeatModelUsage, build_statement, subscription_month
 from schemas.api import Statement
 from schemas.envelope import FactEvent, ResultEvent, parse_event
@@ -113,6 +114,7 @@ async def replay(
     )
     report.final_states_compared = until is None
     report.as_of = None if as_of is None else as_of.isoformat()
+    tune_for_long_lived_state()  # a replay folds like the services do
     conn = await connect(database_url)
     try:
         # One snapshot: a running ledger writes offsets, archive, entries and states together.

@@ -20,6 +20,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from metering.db import create_pool, migrate_url
+from metering.gc_tuning import tune_for_long_lived_state
 from metering.http import Readiness
 from metering.kafka import broker_security
 from metering.settings import Settings
@@ -113,6 +114,7 @@ class ServiceRuntime:
             await self.broker.start()
             for worker in self._workers:
                 await worker.start()
+            tune_for_long_lived_state()  # after the workers loaded their state
             log.info("service started", extra={"port": self.settings.http_port})
             yield
         finally:

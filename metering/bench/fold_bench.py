@@ -1,6 +1,7 @@
 """(e) The pure fold's events/s on one core, and (f) `metering replay`'s events/s.
 
-(e) parses a realistic event log with the contract's parser first (not timed), then runs
+(e) parses a realistic event log with the contract's parser first (not timed), tunes the
+garbage collector as the services do once loaded (metering/gc_tuning.py), then runs
 `metering.core.fold.fold` over every account again and again, from a fresh state each pass,
 in this one thread. (f) calls `metering.replay.replay` (what `metering replay` runs) on the
 ledger's archive after the end-to-end phases filled it, and records whether the replay found
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from metering.bench.monitor import Rate, Timeline, ticking
 from metering.core.fold import fold
 from metering.core.ratecard import RateCard
+from metering.gc_tuning import tune_for_long_lived_state
 from metering.replay import replay
 from schemas.envelope import FactEvent, parse_event
 
@@ -37,6 +39,7 @@ def fold_rate(
 ) -> FoldResult:
     """Fold every account of `log` from scratch, pass after pass, for about `seconds`."""
     accounts: list[list[FactEvent]] = [[parse_event(raw) for raw in raws] for raws in log.values()]
+    tune_for_long_lived_state()  # as a service does once it has loaded
     events = sum(len(a) for a in accounts)
     passes = 0
     spent = 0.0

@@ -136,7 +136,8 @@ async def test_a_tampered_entry_or_state_is_named(
 
         account = f"{env.name}-acct-5"
         await db.execute(
-            "UPDATE ledger_accounts SET state = jsonb_set(state, '{clock}', '\"2030-01-01\"') "
+            "UPDATE ledger_accounts "
+            "SET state = jsonb_set(state::jsonb, '{clock}', '\"2030-01-01\"')::text "
             "WHERE account_id = $1",
             account,
         )
