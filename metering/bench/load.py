@@ -163,6 +163,7 @@ class UsageMix:
             }
         input_tokens = min(limit - 1, max(1, int(rng.lognormvariate(7.6, 1.0))))
         cached = int(input_tokens * rng.uniform(1, 6)) if rng.random() < 0.6 else 0
+        cached = min(cached, limit - input_tokens)  # within the context: else ingest refuses it
         thinking = rng.random() < 0.3
         output = max(1, int(rng.lognormvariate(6.0, 0.9) * (3 if thinking else 1)))
         tools: dict[str, int] = {}
