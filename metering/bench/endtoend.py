@@ -40,9 +40,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from metering.bench.authorize import RawConnection, post_request
 from metering.bench.load import Reports, Seat, batch_body, rfc3339
 from metering.bench.monitor import Latencies, Rate, Timeline, percentile, periodically, ticking
+from metering.bench.rawhttp import RawConnection, post_request
 
 BATCH = 500
 SENDERS = 4
