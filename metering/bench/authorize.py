@@ -1,14 +1,16 @@
 """(d) `authorize` over HTTP against quota's single uvicorn worker: requests/s and latency.
 
-Two steps, every request a valid member key asking for a text model (the gateway's common
-case), spread over every seat of the fleet:
+Three steps, every request a valid member key asking for a text model (the gateway's common
+case), spread over the seats of the fleet:
 
-1. *saturation*: a fixed number of keep-alive connections, each sending its next request as
+1. *under load* (run by `run`, while (c)'s background usage load runs): requests on a fixed
+   schedule at 1,000/s, as in step 3: what a gateway waits while quota applies usage;
+2. *saturation*: a fixed number of keep-alive connections, each sending its next request as
    soon as the last is answered: the most requests/s the worker answers;
-2. *paced*: requests leave on a fixed schedule at 5,000/s (or 80% of the saturated rate when
+3. *paced*: requests leave on a fixed schedule at 5,000/s (or 80% of the saturated rate when
    that is lower), spread over several connections; each latency is measured from the
    moment the request was due, so a stalled server cannot hide its queue (no coordinated
-   omission). p50 and p99 are those of this step.
+   omission).
 
 The client is a minimal HTTP/1.1 keep-alive client on asyncio streams (`rawhttp`): httpx
 costs about ten times more CPU per request, and on a 2-core machine the client would measure
@@ -32,6 +34,8 @@ from metering.bench.rawhttp import RawConnection, post_request
 SATURATION_CONNECTIONS = 16
 PACED_CONNECTIONS = 32
 TARGET_RATE = 5000.0
+UNDER_LOAD_RATE = 1000.0
+"""Step 1's schedule: a gateway's authorize traffic while usage flows in."""
 
 
 def authorize_requests(quota: str, seats: list[Seat], models: list[str], count: int) -> list[bytes]:
@@ -90,6 +94,13 @@ async def authorize_bench(
     with timeline.phase("d paced"):
         paced = await _paced(quota, requests, timeline, paced_seconds, rate)
     return AuthorizeResult(saturation, paced)
+
+
+async def authorize_paced(
+    quota: str, requests: list[bytes], timeline: Timeline, seconds: float, rate: float
+) -> Step:
+    """Requests on a fixed schedule offering `rate` req/s for `seconds` (step 1)."""
+    return await _paced(quota, requests, timeline, seconds, rate)
 
 
 async def _closed_loop(
