@@ -1,94 +1,41 @@
 """(d) `authorize` over HTTP against quota's single uvicorn worker: requests/s and latency.
 
-Two steps, every request a valid member key asking for a text model (the gateway's common
-case), spread over every seat of the fleet:
+Three steps, every request a valid member key asking for a text model (the gateway's common
+case), spread over the seats of the fleet:
 
-1. *saturation*: a fixed number of keep-alive connections, each sending its next request as
+1. *under load* (run by `run`, while (c)'s background usage load runs): requests on a fixed
+   schedule at 1,000/s, as in step 3: what a gateway waits while quota applies usage;
+2. *saturation*: a fixed number of keep-alive connections, each sending its next request as
    soon as the last is answered: the most requests/s the worker answers;
-2. *paced*: requests leave on a fixed schedule at 5,000/s (or 80% of the saturated rate when
+3. *paced*: requests leave on a fixed schedule at 5,000/s (or 80% of the saturated rate when
    that is lower), spread over several connections; each latency is measured from the
    moment the request was due, so a stalled server cannot hide its queue (no coordinated
-   omission). p50 and p99 are those of this step.
+   omission).
 
-The client is a minimal HTTP/1.1 keep-alive client on asyncio streams: httpx costs about ten
-times more CPU per request, and on a 2-core machine the client would measure itself.
+The client is a minimal HTTP/1.1 keep-alive client on asyncio streams (`rawhttp`): httpx
+costs about ten times more CPU per request, and on a 2-core machine the client would measure
+itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from urllib.parse import urlsplit
 
 import orjson
 
 from metering.bench.load import Seat
 from metering.bench.monitor import Latencies, Rate, Timeline, percentile, ticking
+from metering.bench.rawhttp import RawConnection, post_request
 
 SATURATION_CONNECTIONS = 16
 PACED_CONNECTIONS = 32
 TARGET_RATE = 5000.0
-
-
-def post_request(url: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    """The bytes of a `POST path` with a JSON body to the server at `url`."""
-    host = urlsplit(url).netloc
-    lines = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        *(f"{name}: {value}" for name, value in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 80
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def open(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        self._writer = self._reader = None
-
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        """Send `raw` and read the answer: (status, body). A connection the server closed
-        while idle (uvicorn keeps idle connections 5 s) is opened again, once."""
-        for attempt in range(2):
-            if self._writer is None or self._reader is None:
-                await self.open()
-            assert self._writer is not None
-            assert self._reader is not None
-            try:
-                self._writer.write(raw)
-                head = await self._reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                at = head.lower().find(b"\r\ncontent-length:")
-                if at < 0:
-                    raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
-                length = int(head[at + 17 : head.index(b"\r\n", at + 2)])
-                return status, await self._reader.readexactly(length)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                await self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+UNDER_LOAD_RATE = 1000.0
+"""Step 1's schedule: a gateway's authorize traffic while usage flows in."""
 
 
 def authorize_requests(quota: str, seats: list[Seat], models: list[str], count: int) -> list[bytes]:
@@ -147,6 +94,13 @@ async def authorize_bench(
     with timeline.phase("d paced"):
         paced = await _paced(quota, requests, timeline, paced_seconds, rate)
     return AuthorizeResult(saturation, paced)
+
+
+async def authorize_paced(
+    quota: str, requests: list[bytes], timeline: Timeline, seconds: float, rate: float
+) -> Step:
+    """Requests on a fixed schedule offering `rate` req/s for `seconds` (step 1)."""
+    return await _paced(quota, requests, timeline, seconds, rate)
 
 
 async def _closed_loop(

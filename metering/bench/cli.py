@@ -21,14 +21,22 @@ def bench_command(
     broker_seconds: Seconds = None,
     burst_seconds: Seconds = None,
     sustained_seconds: Seconds = None,
+    single_seconds: Seconds = None,
     freshness_seconds: Seconds = None,
     authorize_seconds: Seconds = None,
     fold_seconds: Seconds = None,
-    accounts: Annotated[int | None, typer.Option(min=1, help="subscriptions (accounts)")] = None,
-    seats: Annotated[int | None, typer.Option(min=1, help="seats per subscription")] = None,
+    accounts: Annotated[
+        int | None, typer.Option(min=1, help="subscriptions (accounts); default 10,000")
+    ] = None,
+    seats: Annotated[
+        int | None, typer.Option(min=1, help="most seats per subscription (1 to this); default 2")
+    ] = None,
+    provision_concurrency: Annotated[
+        int | None, typer.Option(min=1, help="teams provisioned at once; default 64")
+    ] = None,
     freshness_rate: Annotated[
-        float, typer.Option(min=1, help="(c)'s offered events/s, at most 80% of (b)'s")
-    ] = 10_000.0,
+        float | None, typer.Option(min=1, help="(c)'s offered events/s (default: 50% of (b)'s)")
+    ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="state and service logs (default .run/bench-<time>)")
     ] = None,
@@ -38,8 +46,9 @@ def bench_command(
     ledger_url: Annotated[str | None, typer.Option()] = None,
     quota_url: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Measure the broker's ceiling, end-to-end throughput, freshness, authorize, the pure
-    fold and replay on this machine; write results.json, summary.md and a PNG plot.
+    """Measure the broker's ceiling, end-to-end throughput (batches and single posts),
+    freshness and a new key's delay, authorize, the pure fold, replay and quota's memory per
+    account on this machine; write results.json, summary.md and a PNG plot.
 
     The stack comes from the stack starter (KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL, else
     Docker, else embedded); the services are started on the run's own database and topics,
@@ -54,6 +63,7 @@ def bench_command(
         "broker": broker_seconds,
         "burst": burst_seconds,
         "sustained": sustained_seconds,
+        "single": single_seconds,
         "freshness": freshness_seconds,
         "authorize": authorize_seconds,
         "fold": fold_seconds,
@@ -66,7 +76,8 @@ def bench_command(
         options,
         durations=durations,
         accounts=accounts or options.accounts,
-        seats=seats or options.seats,
+        seats=(1, seats) if seats else options.seats,
+        provision_concurrency=provision_concurrency or options.provision_concurrency,
         freshness_rate=freshness_rate,
         state_dir=state_dir,
         ingest_url=ingest_url,

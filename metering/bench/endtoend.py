@@ -1,4 +1,5 @@
-"""(b) End-to-end sustained usage events/s and (c) freshness, through the real services.
+"""(b) and (b1) end-to-end sustained usage events/s, (c) freshness and (c1) a new key's
+delay, through the real services.
 
 (b) has three steps:
 
@@ -12,6 +13,9 @@
    figure is the rate at which events are applied by the slower of ledger and quota over
    the step (less its warm-up).
 
+(b1) is (b)'s sustained step with one report per request: 64 connections, each posting
+`POST /v1/usage` as soon as the last was answered, held back the same way.
+
 "Applied" is each consumer's `metering_messages_consumed_total{topic=<events topic>}`,
 counted after its batch's transaction committed, and the relay's backlog is
 `metering_ledger_outbox_backlog`: both polled from `/metrics` twice a second.
@@ -20,32 +24,42 @@ counted after its batch's transaction committed, and the relay's backlog is
 however slowly they are answered) and, five times a second, sends a probe report on a seat
 of its own with `POST /v1/usage`; from the moment ingest answers (accepted = durable) it asks
 quota's `authorize` with that seat's key, every 5 to 20 ms, until the seat's remaining
-credits show the probe's cost. The freshness of a probe is that time.
+credits show the probe's cost. The freshness of a probe is that time. In the same window,
+(c1) issues API keys through ingest one at a time and, from each 201, asks `authorize` with
+the new key every 2 to 10 ms until quota knows it.
+
+Usage is posted over minimal keep-alive HTTP/1.1 connections (`rawhttp`):
+httpx would cost the load generator several times the CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from metering.bench.authorize import RawConnection, post_request
-from metering.bench.load import Reports, Seat, batch_body, rfc3339
+from metering.bench.load import Reports, Seat, batch_body, post_again, rfc3339
 from metering.bench.monitor import Latencies, Rate, Timeline, percentile, periodically, ticking
+from metering.bench.rawhttp import ConnectionPool, RawConnection, post_request
 
-BATCH = 500
-SENDERS = 4
+BATCH = 100
+"""Reports per `POST /v1/usage/batch` in (b) and (c): gateways send small batches (Metronome
+caps a request at 100 events)."""
+SENDERS = 16
+SINGLE_CONNECTIONS = 64
+"""(b1)'s connections, each posting one report per request."""
 BACKLOG_SECONDS = 2.0
 """In the sustained step, senders wait while the events accepted but not yet applied by the
 slower consumer exceed this many seconds of its catch-up rate (within the bounds below)."""
@@ -56,7 +70,15 @@ PROBE_POLL = (0.005, 0.02)
 """Probes poll authorize every 5 ms at first, then every tenth of the time waited so far, at
 most every 20 ms: the reading is within 10% and the polls cost quota little."""
 PROBE_TIMEOUT = 30.0
+KEY_EVERY = 0.25
+"""(c1) issues a key at most this often, and one at a time."""
+KEY_POLL = (0.002, 0.01)
+"""(c1) polls authorize with a new key every 2 ms at first, then every twentieth of the time
+waited so far, at most every 10 ms."""
+UNKNOWN_KEY = (401, 429)
+"""authorize's answers to a key it does not know (429: too many of them from one client)."""
 DRAIN_TIMEOUT = 180.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -239,40 +261,72 @@ class Applied:
 
 @dataclass
 class Ingestor:
-    """Posts batches of reports to ingest and counts what it answered."""
+    """Posts usage reports to ingest and counts what it answered."""
 
-    client: httpx.AsyncClient
+    url: str
+    token: str
     reports: Reports
     timeline: Timeline
     published: int = 0
-    """Events appended to the log by this run (plan facts, accepted reports, probes)."""
+    """Events appended to the log by this run (plan facts, accepted reports, probes, keys)."""
     statuses: Counter[str] = field(default_factory=Counter)
     unavailable: int = 0
+    first_refusal: dict[str, Any] | None = None
+    """The first batch result neither `accepted` nor `duplicate` (none expected)."""
 
     def __post_init__(self) -> None:
         self.accepted = Rate(self.timeline, "ingest accepted (events/s)")
         self.latency = Latencies(self.timeline, "ingest batch")
+        self.single_latency = Latencies(self.timeline, "ingest single POST")
+        self.pool = ConnectionPool(self.url)
+        self._headers = {"Authorization": f"Bearer {self.token}"}
+
+    async def _post(self, path: str, body: bytes) -> tuple[int, bytes, float]:
+        """POST `body`, again after a 503 (nothing was confirmed; the contract says send it
+        again): the answer, and the seconds the last attempt took."""
+        raw = post_request(self.url, path, body, self._headers)
+        while True:
+            started = time.perf_counter()
+            status, answer = await self.pool.request(raw)
+            if status != 503:
+                return status, answer, time.perf_counter() - started
+            self.unavailable += 1
+            await asyncio.sleep(0.5)
 
     async def send_batch(self, size: int = BATCH) -> None:
         reports, _ = self.reports.batch(size, rfc3339(datetime.now(UTC)))
-        body = batch_body(reports)
-        while True:
-            started = time.perf_counter()
-            answer = await self.client.post(
-                "/v1/usage/batch", content=body, headers={"content-type": "application/json"}
+        status, answer, seconds = await self._post("/v1/usage/batch", batch_body(reports))
+        if status != 200:
+            raise RuntimeError(f"POST /v1/usage/batch: {status} {answer[:500]!r}")
+        self.latency.add(seconds)
+        results = orjson.loads(answer)["results"]
+        counts = Counter(r["status"] for r in results)
+        if counts.keys() - {"accepted", "duplicate"} and self.first_refusal is None:
+            self.first_refusal = next(
+                r for r in results if r["status"] not in ("accepted", "duplicate")
             )
-            if answer.status_code != 503:
-                break
-            self.unavailable += 1
-            await asyncio.sleep(0.5)
-        if answer.status_code != 200:
-            raise RuntimeError(f"POST /v1/usage/batch: {answer.status_code} {answer.text[:500]}")
-        self.latency.add(time.perf_counter() - started)
-        counts = Counter(r["status"] for r in orjson.loads(answer.content)["results"])
         self.statuses.update(counts)
         self.accepted.add(counts["accepted"])
         self.published += counts["accepted"]
         self.reports.completed(reports)
+
+    async def send_one(self) -> None:
+        """One report (or, now and then, a repeat of an answered one) by `POST /v1/usage`."""
+        reports, _ = self.reports.batch(1, rfc3339(datetime.now(UTC)))
+        status, answer, seconds = await self._post("/v1/usage", orjson.dumps(reports[0]))
+        if status not in (200, 202):
+            raise RuntimeError(f"POST /v1/usage: {status} {answer[:500]!r} for {reports[0]}")
+        self.single_latency.add(seconds)
+        if status == 202:
+            self.statuses["accepted"] += 1
+            self.accepted.add(1)
+            self.published += 1
+        else:
+            self.statuses["duplicate"] += 1
+        self.reports.completed(reports)
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 @dataclass(frozen=True)
@@ -334,6 +388,78 @@ class EndToEndResult:
     batch_p50_ms: float
     batch_p99_ms: float
     ledger_outbox_backlog: float
+    first_refusal: dict[str, Any] | None
+
+
+@dataclass
+class SingleResult:
+    """(b1): one report per request."""
+
+    sustained: Window
+    connections: int
+    max_backlog: int
+    server: dict[str, dict[str, float | None]]
+    drain_seconds: float
+    statuses: dict[str, int]
+    ingest_unavailable: int
+    request_p50_ms: float
+    request_p99_ms: float
+    ledger_outbox_backlog: float
+
+
+def _held_back(
+    ingestor: Ingestor,
+    applied: Applied,
+    send: Callable[[], Awaitable[None]],
+    until: float,
+    backlog_limit: int,
+    stop_at_limit: bool = False,
+) -> Coroutine[Any, Any, None]:
+    """A closed-loop sender: `send` again as soon as it returns, while the work not yet
+    through is within `backlog_limit` (beyond it: wait, or stop)."""
+
+    async def loop() -> None:
+        while time.perf_counter() < until:
+            if applied.backlog(ingestor.published) > backlog_limit:
+                if stop_at_limit:
+                    return
+                await asyncio.sleep(0.01)
+                continue
+            await send()
+
+    return loop()
+
+
+async def _sustained(
+    ingestor: Ingestor,
+    applied: Applied,
+    timeline: Timeline,
+    phase: str,
+    send: Callable[[], Awaitable[None]],
+    senders: int,
+    seconds: float,
+    max_backlog: int,
+    server: ServerSide,
+) -> tuple[Window, dict[str, dict[str, float | None]], float, float]:
+    """`senders` held-back senders for `seconds`, measured after a warm-up, then a drain:
+    the window, the services' histograms over it, the relay's backlog at its end and the
+    seconds the drain took."""
+    with timeline.phase(f"{phase} sustained"):
+        warm_up = min(5.0, seconds * 0.2)
+        until = time.perf_counter() + seconds
+        running = asyncio.gather(
+            *(_held_back(ingestor, applied, send, until, max_backlog) for _ in range(senders))
+        )
+        await asyncio.sleep(warm_up)
+        mark = Mark(ingestor, applied)
+        await server.start()
+        await running
+        window = mark.window()
+        server_side = await server.since_start()
+        outbox = applied.ledger_outbox_backlog
+    with timeline.phase(f"{phase} drain"):
+        drain, _, _ = await applied.drained(ingestor.published)
+    return window, server_side, outbox, drain
 
 
 async def end_to_end(
@@ -347,21 +473,19 @@ async def end_to_end(
     senders: int = SENDERS,
     log: Callable[[str], object] = lambda _: None,
 ) -> EndToEndResult:
-    async def closed_loop(until: float, backlog_limit: int, stop_at_limit: bool) -> None:
-        while time.perf_counter() < until:
-            if applied.backlog(ingestor.published) > backlog_limit:
-                if stop_at_limit:
-                    return
-                await asyncio.sleep(0.01)
-                continue
-            await ingestor.send_batch()
-
     meters = (ingestor.accepted, ingestor.latency, applied.ledger, applied.quota)
+    statuses_before = Counter(ingestor.statuses)
+    unavailable_before = ingestor.unavailable
     async with ticking(timeline, *meters):
         with timeline.phase("b burst"):
             mark = Mark(ingestor, applied)
             until = time.perf_counter() + burst_seconds
-            await asyncio.gather(*(closed_loop(until, burst_backlog, True) for _ in range(senders)))
+            await asyncio.gather(
+                *(
+                    _held_back(ingestor, applied, ingestor.send_batch, until, burst_backlog, True)
+                    for _ in range(senders)
+                )
+            )
             burst = mark.window()
         log(f"    burst: ingest accepted {burst.accepted_rate:,.0f} events/s; catching up")
         with timeline.phase("b catch-up"):
@@ -372,20 +496,17 @@ async def end_to_end(
         slower = min((r for r in rates if r > 0), default=0.0)
         max_backlog = int(min(max(slower * BACKLOG_SECONDS, BACKLOG_BOUNDS[0]), BACKLOG_BOUNDS[1]))
         log(f"    sustained step (senders wait beyond {max_backlog:,} events not yet applied)")
-        with timeline.phase("b sustained"):
-            warm_up = min(5.0, sustained_seconds * 0.2)
-            until = time.perf_counter() + sustained_seconds
-            loops = [closed_loop(until, max_backlog, False) for _ in range(senders)]
-            running = asyncio.gather(*loops)
-            await asyncio.sleep(warm_up)
-            mark = Mark(ingestor, applied)
-            await server.start()
-            await running
-            sustained = mark.window()
-            server_side = await server.since_start()
-            outbox = applied.ledger_outbox_backlog
-        with timeline.phase("b drain"):
-            drain, _, _ = await applied.drained(ingestor.published)
+        sustained, server_side, outbox, drain = await _sustained(
+            ingestor,
+            applied,
+            timeline,
+            "b",
+            ingestor.send_batch,
+            senders,
+            sustained_seconds,
+            max_backlog,
+            server,
+        )
     return EndToEndResult(
         burst=burst,
         catch_up_ledger_rate=rates[0],
@@ -394,10 +515,52 @@ async def end_to_end(
         max_backlog=max_backlog,
         server=server_side,
         drain_seconds=drain,
-        statuses=dict(ingestor.statuses),
-        ingest_unavailable=ingestor.unavailable,
+        statuses=dict(ingestor.statuses - statuses_before),
+        ingest_unavailable=ingestor.unavailable - unavailable_before,
         batch_p50_ms=1000 * percentile(ingestor.latency.samples, 50),
         batch_p99_ms=1000 * percentile(ingestor.latency.samples, 99),
+        ledger_outbox_backlog=outbox,
+        first_refusal=ingestor.first_refusal,
+    )
+
+
+async def single_posts(
+    ingestor: Ingestor,
+    applied: Applied,
+    timeline: Timeline,
+    seconds: float,
+    max_backlog: int,
+    server: ServerSide,
+    connections: int = SINGLE_CONNECTIONS,
+) -> SingleResult:
+    """(b1): `connections` senders of one report per `POST /v1/usage`, held back like (b)'s
+    sustained step (beyond `max_backlog` events not yet through)."""
+    statuses_before = Counter(ingestor.statuses)
+    unavailable_before = ingestor.unavailable
+    meters = (ingestor.accepted, ingestor.single_latency, applied.ledger, applied.quota)
+    async with ticking(timeline, *meters):
+        window, server_side, outbox, drain = await _sustained(
+            ingestor,
+            applied,
+            timeline,
+            "b1",
+            ingestor.send_one,
+            connections,
+            seconds,
+            max_backlog,
+            server,
+        )
+    samples = ingestor.single_latency.samples
+    return SingleResult(
+        sustained=window,
+        connections=connections,
+        max_backlog=max_backlog,
+        server=server_side,
+        drain_seconds=drain,
+        statuses=dict(ingestor.statuses - statuses_before),
+        ingest_unavailable=ingestor.unavailable - unavailable_before,
+        request_p50_ms=1000 * percentile(samples, 50),
+        request_p99_ms=1000 * percentile(samples, 99),
         ledger_outbox_backlog=outbox,
     )
 
@@ -437,6 +600,7 @@ class Probe:
         self.polls = 0
         self._count = 0
         self._connection = RawConnection(quota)
+        self._auth = {"Authorization": f"Bearer {ingestor.token}"}
         self._authorize = post_request(
             quota,
             "/v1/authorize",
@@ -472,15 +636,11 @@ class Probe:
                 "occurred_at": rfc3339(datetime.now(UTC)),
                 "input_tokens": 5000,
             }
-            while True:  # 503: nothing was confirmed; the contract says send it again
-                answer = await self.ingestor.client.post("/v1/usage", json=report)
-                accepted_at = time.perf_counter()
-                if answer.status_code != 503:
-                    break
-                self.ingestor.unavailable += 1
-                await asyncio.sleep(0.2)
-            if answer.status_code != 202:
-                raise RuntimeError(f"probe POST /v1/usage: {answer.status_code} {answer.text}")
+            raw = post_request(self.ingestor.url, "/v1/usage", orjson.dumps(report), self._auth)
+            status, answer = await post_again(self.ingestor.pool, raw)
+            accepted_at = time.perf_counter()
+            if status not in (200, 202):  # 200: a repeat after a lost answer
+                raise RuntimeError(f"probe POST /v1/usage: {status} {answer[:300]!r}")
             self.ingestor.published += 1
             before = self.remaining
             while True:
@@ -499,21 +659,91 @@ class Probe:
             self.busy = False
 
 
-async def freshness(
-    ingestor: Ingestor,
-    applied: Applied,
-    probes: list[Probe],
-    timeline: Timeline,
-    rate: float,
-    seconds: float,
-    server: ServerSide,
-    batch: int = 250,
-    max_in_flight: int = 16,
-) -> FreshnessResult:
-    latencies = Latencies(timeline, "freshness")
+class KeyProbe:
+    """(c1): issues API keys through ingest one at a time, at most one every `KEY_EVERY`
+    seconds, on seats of the fleet picked at random, and from each 201 asks quota's
+    `authorize` with the new key until it is no longer refused as unknown."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        quota: str,
+        seats: list[Seat],
+        model: str,
+        timeline: Timeline,
+        rng: random.Random,
+    ) -> None:
+        self.ingestor = ingestor
+        self.quota = quota
+        self.seats = seats
+        self.body = orjson.dumps({"model": model, "endpoint": "openai"})
+        self.latencies = Latencies(timeline, "new key usable")
+        self.answers: Counter[str] = Counter()
+        """authorize's first answer to each key that was not an unknown-key refusal."""
+        self.issued = 0
+        self.timeouts = 0
+        self.polls = 0
+        self._rng = rng
+
+    async def run(self, until: float) -> None:
+        connection = RawConnection(self.quota)
+        try:
+            while time.perf_counter() < until:
+                started = time.perf_counter()
+                await self._one(connection)
+                await asyncio.sleep(max(0.0, started + KEY_EVERY - time.perf_counter()))
+        finally:
+            await connection.close()
+
+    async def _one(self, connection: RawConnection) -> None:
+        seat = self._rng.choice(self.seats)
+        path = f"/v1/subscriptions/{seat.subscription_id}/seats/{seat.seat_id}/keys"
+        ingest = self.ingestor
+        raw = post_request(ingest.url, path, b"", {"Authorization": f"Bearer {ingest.token}"})
+        status, answer = await post_again(ingest.pool, raw)
+        issued_at = time.perf_counter()
+        if status != 201:
+            raise RuntimeError(f"POST {path}: {status} {answer[:300]!r}")
+        self.issued += 1
+        ingest.published += 1
+        headers = {"Authorization": f"Bearer {orjson.loads(answer)['api_key']}"}
+        raw = post_request(self.quota, "/v1/authorize", self.body, headers)
+        while True:
+            status, _ = await connection.request(raw)
+            seen_at = time.perf_counter()
+            waited = seen_at - issued_at
+            if status not in UNKNOWN_KEY:
+                self.latencies.add(waited)
+                self.answers[str(status)] += 1
+                return
+            if waited > PROBE_TIMEOUT:
+                self.timeouts += 1
+                return
+            self.polls += 1
+            await asyncio.sleep(min(KEY_POLL[1], max(KEY_POLL[0], waited / 20)))
+
+
+@dataclass
+class KeyResult:
+    issued: int
+    usable: int
+    timeouts: int
+    answers: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    polls_per_second: float
+
+
+async def open_loop(
+    ingestor: Ingestor, rate: float, until: float, batch: int = BATCH, max_in_flight: int = 16
+) -> float:
+    """Post batches of `batch` reports on a fixed schedule offering `rate` reports/s until
+    `until`, however slowly they are answered (at most `max_in_flight` at once), and wait for
+    the last answers; returns how far the schedule fell behind at its worst (0: on time)."""
     interval = batch / rate
     gate = asyncio.Semaphore(max_in_flight)
-    tasks: set[asyncio.Task[Any]] = set()
+    tasks: set[asyncio.Task[None]] = set()
     behind = 0.0
 
     async def send() -> None:
@@ -522,14 +752,13 @@ async def freshness(
         finally:
             gate.release()
 
-    async def background(until: float) -> None:
-        nonlocal behind
-        started = time.perf_counter()
-        n = 0
+    started = time.perf_counter()
+    n = 0
+    try:
         while True:
             due = started + n * interval
             if due >= until:
-                return
+                break
             now = time.perf_counter()
             if due > now:
                 await asyncio.sleep(due - now)
@@ -539,7 +768,25 @@ async def freshness(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             n += 1
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return behind
 
+
+async def freshness(
+    ingestor: Ingestor,
+    applied: Applied,
+    probes: list[Probe],
+    timeline: Timeline,
+    rate: float,
+    seconds: float,
+    server: ServerSide,
+    keys: KeyProbe | None = None,
+) -> tuple[FreshnessResult, KeyResult | None]:
+    """(c) and, in the same window when `keys` is given, (c1)."""
+    latencies = Latencies(timeline, "freshness")
     running: set[asyncio.Task[bool]] = set()
     finished: list[bool | BaseException] = []
 
@@ -562,30 +809,37 @@ async def freshness(
             await asyncio.sleep(PROBE_EVERY)
         await asyncio.gather(*running, return_exceptions=True)
 
+    async def no_keys(until: float) -> None:
+        return None
+
     for probe in probes:
         await probe.open()
-    meters = (ingestor.accepted, ingestor.latency, applied.ledger, applied.quota, latencies)
+    meters: list[Any] = [ingestor.accepted, ingestor.latency, applied.ledger, applied.quota]
+    meters += [latencies] + ([keys.latencies] if keys else [])
     try:
         async with ticking(timeline, *meters):
             with timeline.phase("c freshness"):
                 mark = Mark(ingestor, applied)
                 await server.start()
                 until = time.perf_counter() + seconds
-                await asyncio.gather(background(until), probing(until))
-                await asyncio.gather(*tasks)
+                behind, _, _ = await asyncio.gather(
+                    open_loop(ingestor, rate, until),
+                    probing(until),
+                    keys.run(until) if keys else no_keys(until),
+                )
                 window = mark.window()
                 server_side = await server.since_start()
             with timeline.phase("c drain"):
                 await applied.drained(ingestor.published)
     finally:
-        for task in (*tasks, *running):
+        for task in running:
             task.cancel()
         for probe in probes:
             await probe.close()
     samples = latencies.samples
     timeouts = sum(1 for outcome in finished if outcome is False)
     errors = [outcome for outcome in finished if isinstance(outcome, BaseException)]
-    return FreshnessResult(
+    fresh = FreshnessResult(
         offered_rate=rate,
         accepted_rate=window.accepted_rate,
         applied=window,
@@ -600,3 +854,41 @@ async def freshness(
         polls_per_second=sum(p.polls for p in probes) / window.seconds if window.seconds else 0.0,
         behind_schedule_seconds=behind,
     )
+    key_result = None
+    if keys:
+        key_samples = keys.latencies.samples
+        key_result = KeyResult(
+            issued=keys.issued,
+            usable=len(key_samples),
+            timeouts=keys.timeouts,
+            answers=dict(keys.answers),
+            p50_ms=1000 * percentile(key_samples, 50),
+            p99_ms=1000 * percentile(key_samples, 99),
+            max_ms=1000 * max(key_samples, default=0.0),
+            polls_per_second=keys.polls / window.seconds if window.seconds else 0.0,
+        )
+    return fresh, key_result
+
+
+async def under_load(
+    ingestor: Ingestor,
+    applied: Applied,
+    timeline: Timeline,
+    phase: str,
+    rate: float,
+    seconds: float,
+    measure: Callable[[], Awaitable[T]],
+) -> tuple[T, Window, float]:
+    """`measure()` while (c)'s background load (`rate` reports/s in batches) runs for
+    `seconds`; then a drain. Returns what `measure` returned, the load's window and how far
+    its schedule fell behind."""
+    meters = (ingestor.accepted, ingestor.latency, applied.ledger, applied.quota)
+    async with ticking(timeline, *meters):
+        with timeline.phase(phase):
+            mark = Mark(ingestor, applied)
+            until = time.perf_counter() + seconds
+            behind, result = await asyncio.gather(open_loop(ingestor, rate, until), measure())
+            window = mark.window()
+        with timeline.phase(f"{phase} drain"):
+            await applied.drained(ingestor.published)
+    return result, window, behind

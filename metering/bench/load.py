@@ -1,15 +1,18 @@
 """The benchmark's workload: teams, seats and keys, and a realistic mix of usage reports.
 
 Everything is built from the public contracts only (the JSON bodies of ingest's API and the
-envelopes of `metering.events.v1`): many accounts with a few seats each of mixed tiers and a
-shared pack, several models of the rate card in force (text and image), thinking, tool
-calls, cached input, a skewed share of traffic per seat, and about 2% of reports sent twice
-(a gateway's retries; ingest answers them `duplicate`).
+envelopes of `metering.events.v1`): many accounts with one or two seats each of mixed tiers,
+the busiest with shared packs for what their seats do not cover, several models of the rate card
+in force (text and image), thinking, tool calls, cached input, Zipf-skewed traffic across
+accounts (the account ranked r takes a share ∝ 1/r^ZIPF_EXPONENT; its seats share it evenly),
+and about 2% of reports sent twice (a gateway's retries; ingest answers them `duplicate`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import random
 import uuid
 from collections import deque
@@ -18,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import orjson
 
+from metering.bench.rawhttp import ConnectionPool, post_request
 from metering.core.ratecard import RateCard
 
 TIERS = ("standard", "advanced", "premium")
@@ -28,11 +31,16 @@ TIER_WEIGHTS = (5, 3, 2)
 CLIENTS = ("claude-code", "cline", "cursor", "opencode", "qwen-code")
 TOOLS = ("web_search", "code_interpreter", "image_search")
 DUPLICATE_SHARE = 0.02
-PACKS = 2
-"""Shared packs each team buys: heavy teams top up (and the bench's busiest seats do not run
-dry in a long run on a fast machine)."""
-SKEW = 0.5
-"""Traffic of the seat ranked r is proportional to 1/r^SKEW: a few busy seats, a long tail."""
+ZIPF_EXPONENT = 1.0
+"""Traffic of the account ranked r is proportional to 1/r^ZIPF_EXPONENT: with 10,000
+accounts the busiest takes ~10% of it, the top 100 ~53%, and nearly every account some."""
+TIER_CREDITS = {"standard": 25_000, "advanced": 100_000, "premium": 250_000}
+PACK_CREDITS = 625_000
+"""Credits of a seat a month by tier, and of a shared pack (the product's)."""
+CREDITS_PER_EVENT_BOUND = 40
+"""More than the mean price of a report of the mix (~24 credits with the seed rate card): what
+the busier accounts buy packs for, beyond their seats' credits, so that none runs dry in the
+run (the rest, nearly all of them, buy none: fewer requests to provision)."""
 PROFILES = 4096
 """Distinct usage count profiles drawn up front; reports pick from them (cheap at 20k/s)."""
 
@@ -56,11 +64,14 @@ class Team:
     account_id: str
     subscription_id: str
     pack_prefix: str
+    rank: int = 1
+    """The account's rank in the traffic's Zipf skew (1: the busiest)."""
+    packs: int = 0
     seats: list[Seat] = field(default_factory=list)
 
     @property
     def pack_ids(self) -> list[str]:
-        return [f"{self.pack_prefix}-{n}" for n in range(PACKS)]
+        return [f"{self.pack_prefix}-{n}" for n in range(self.packs)]
 
 
 @dataclass
@@ -77,32 +88,61 @@ class Fleet:
     @property
     def plan_facts(self) -> int:
         """Events provisioning appends: subscription, each seat and its key, the packs."""
-        return sum(1 + PACKS + 2 * len(team.seats) for team in self.teams)
+        return sum(1 + team.packs + 2 * len(team.seats) for team in self.teams)
 
 
-def make_fleet(tag: str, accounts: int, seats_per_account: int, rng: random.Random) -> Fleet:
+def zipf_shares(n: int, exponent: float = ZIPF_EXPONENT) -> list[float]:
+    """The share of traffic of ranks 1..n."""
+    weights = [1 / rank**exponent for rank in range(1, n + 1)]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def make_fleet(
+    tag: str,
+    accounts: int,
+    seats: tuple[int, int],
+    rng: random.Random,
+    usage_budget: int = 0,
+) -> Fleet:
+    """`accounts` teams of `seats[0]` to `seats[1]` seats, ranked at random for the traffic's
+    skew; each buys the packs its share of `usage_budget` usage reports needs beyond its
+    seats' credits (most need none), so that none runs dry in the run."""
+    ranks = list(range(1, accounts + 1))
+    rng.shuffle(ranks)
+    shares = zipf_shares(accounts)
     teams = []
-    for a in range(accounts):
-        account = f"{tag}-acct-{a:04d}"
-        team = Team(account, f"{account}-sub", f"{account}-pack")  # packs: -pack-0, -pack-1
-        for s in range(seats_per_account):
+    for a, rank in enumerate(ranks):
+        account = f"{tag}-acct-{a:05d}"
+        team = Team(account, f"{account}-sub", f"{account}-pack", rank)
+        for s in range(rng.randint(*seats)):
             tier = rng.choices(TIERS, TIER_WEIGHTS)[0]
             team.seats.append(Seat(account, team.subscription_id, f"{account}-seat-{s}", tier))
+        needed = shares[rank - 1] * usage_budget * CREDITS_PER_EVENT_BOUND
+        needed -= sum(TIER_CREDITS[seat.tier] for seat in team.seats)
+        team.packs = max(0, math.ceil(needed / PACK_CREDITS))
         teams.append(team)
     return Fleet(tag, teams)
 
 
 async def provision(
-    client: httpx.AsyncClient, fleet: Fleet, started_at: datetime, concurrency: int = 8
+    pool: ConnectionPool,
+    token: str,
+    fleet: Fleet,
+    started_at: datetime,
+    concurrency: int = 8,
 ) -> None:
-    """Create every team's subscription, seats, keys and pack through ingest's API."""
+    """Create every team's subscription, seats, keys and packs through ingest's API, up to
+    `concurrency` teams at once (each team's requests one after the other)."""
     gate = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
 
     async def post(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        answer = await client.post(path, json=body)
-        if answer.status_code not in (200, 201):
-            raise RuntimeError(f"POST {path}: {answer.status_code} {answer.text}")
-        result: dict[str, Any] = answer.json()
+        raw = post_request(pool.url, path, orjson.dumps(body) if body else b"", headers)
+        status, answer = await post_again(pool, raw)
+        if status not in (200, 201):
+            raise RuntimeError(f"POST {path}: {status} {answer[:500]!r}")
+        result: dict[str, Any] = orjson.loads(answer)
         return result
 
     async def one(team: Team) -> None:
@@ -128,6 +168,23 @@ async def provision(
                 await post(f"{sub}/packs", {"pack_id": pack_id, "purchased_at": rfc3339(purchased)})
 
     await asyncio.gather(*(one(team) for team in fleet.teams))
+
+
+async def post_again(pool: ConnectionPool, raw: bytes, attempts: int = 3) -> tuple[int, bytes]:
+    """Send `raw`, again when the connection failed or ingest answered 503 (nothing was
+    confirmed). Plan facts are idempotent by their ids, so a repeat is answered as the first
+    was; a key is issued anew (the seat then has two)."""
+    for attempt in range(attempts):
+        try:
+            status, answer = await pool.request(raw)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if attempt == attempts - 1:
+                raise
+            continue
+        if status != 503 or attempt == attempts - 1:
+            return status, answer
+        await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 class UsageMix:
@@ -163,6 +220,7 @@ class UsageMix:
             }
         input_tokens = min(limit - 1, max(1, int(rng.lognormvariate(7.6, 1.0))))
         cached = int(input_tokens * rng.uniform(1, 6)) if rng.random() < 0.6 else 0
+        cached = min(cached, limit - input_tokens)  # within the context: else ingest refuses it
         thinking = rng.random() < 0.3
         output = max(1, int(rng.lognormvariate(6.0, 0.9) * (3 if thinking else 1)))
         tools: dict[str, int] = {}
@@ -183,21 +241,26 @@ class UsageMix:
 
 
 class Reports:
-    """Usage reports of the fleet's seats: skewed traffic per seat, unique request ids, and
-    about `DUPLICATE_SHARE` of each batch resent from earlier, completed batches."""
+    """Usage reports of the fleet's seats: Zipf-skewed traffic across accounts (by each team's
+    rank), unique request ids, and about `DUPLICATE_SHARE` of each batch resent from earlier,
+    completed batches. `accounts` collects the accounts that were sent a new report."""
 
     def __init__(
         self,
-        seats: list[Seat],
+        fleet: Fleet,
         mix: UsageMix,
         tag: str,
         rng: random.Random,
         duplicate_share: float = DUPLICATE_SHARE,
     ) -> None:
-        self.seats = list(seats)
-        rng.shuffle(self.seats)
-        weights = [1 / (rank + 1) ** SKEW for rank in range(len(self.seats))]
-        self._cum = [sum(weights[: i + 1]) for i in range(len(weights))]
+        shares = zipf_shares(len(fleet.teams))
+        self.seats = [seat for team in fleet.teams for seat in team.seats]
+        self._cum = list(
+            itertools.accumulate(
+                shares[team.rank - 1] / len(team.seats) for team in fleet.teams for _ in team.seats
+            )
+        )
+        self.accounts: set[str] = set()
         self._mix = mix
         self._tag = tag
         self._rng = rng
@@ -207,6 +270,7 @@ class Reports:
 
     def report(self, seat: Seat, occurred_at: str) -> dict[str, Any]:
         self._count += 1
+        self.accounts.add(seat.account_id)
         body = {
             "request_id": f"{self._tag}-{self._count}",
             "account_id": seat.account_id,

@@ -272,3 +272,18 @@ def _busy_seconds() -> float:
         + getattr(t, "irq", 0.0)
         + getattr(t, "softirq", 0.0)
     )
+
+
+def resident_bytes(pid: int) -> int:
+    """Resident memory (VmRSS of /proc/<pid>/status) of process `pid` and its descendants."""
+    pids = [pid]
+    with contextlib.suppress(psutil.Error):
+        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    total = 0
+    for one in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024  # kB
+                    break
+    return total

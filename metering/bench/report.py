@@ -160,7 +160,7 @@ THROUGHPUT_SERIES = (
     "authorize (req/s)",
     "replay (events/s)",
 )
-LATENCY_SERIES = ("freshness", "authorize", "ingest batch")
+LATENCY_SERIES = ("freshness", "new key usable", "authorize", "ingest batch", "ingest single POST")
 
 
 def plot(timeline: Timeline, path: Path) -> None:

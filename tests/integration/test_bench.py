@@ -20,19 +20,27 @@ FIGURES = {
     "a_broker_ceiling",
     "b_end_to_end",
     "b_ingest_burst",
+    "b1_single_posts",
     "c_freshness_p50",
     "c_freshness_p99",
+    "c1_new_key_p50",
+    "c1_new_key_p99",
     "d_authorize_throughput",
     "d_authorize_p50",
     "d_authorize_p99",
+    "d_authorize_under_load_p99",
     "e_pure_fold",
     "f_replay",
+    "g_quota_memory_per_account",
 }
 WITH_TARGETS = {
     "b_end_to_end",
+    "b1_single_posts",
     "c_freshness_p99",
+    "c1_new_key_p99",
     "d_authorize_throughput",
     "d_authorize_p99",
+    "d_authorize_under_load_p99",
     "e_pure_fold",
     "f_replay",
 }
@@ -67,6 +75,18 @@ def test_quick_bench_measures_every_figure_and_writes_results_summary_and_plot(
     assert figures["c_freshness_p99"]["details"]["probe_timeouts"] == 0
     assert figures["c_freshness_p99"]["details"]["probe_errors"] == 0
     assert figures["b_end_to_end"]["details"]["report_statuses"]["duplicate"] > 0
+    assert "invalid" not in figures["b_end_to_end"]["details"]["report_statuses"]
+    assert figures["b_end_to_end"]["details"]["reports_per_batch"] == 100
+    assert figures["b1_single_posts"]["details"]["connections"] == 64
+    assert figures["b1_single_posts"]["details"]["report_statuses"]["accepted"] > 0
+    keys = figures["c1_new_key_p99"]["details"]
+    assert keys["keys_usable"] == keys["keys_issued"] > 0
+    assert keys["timeouts"] == 0
+    assert set(keys["first_known_answers"]) == {"200"}
+    assert figures["d_authorize_under_load_p99"]["details"]["statuses"]["200"] > 0
+    memory = figures["g_quota_memory_per_account"]["details"]
+    assert memory["active_accounts"] > 0
+    assert memory["rss_after_b_bytes"] > memory["rss_before_provisioning_bytes"] > 0
 
     machine = results["machine"]
     assert machine["cpu_count"] >= 1
