@@ -172,7 +172,7 @@ class PostgresLedgerStore:
             "SELECT e.account_id, e.request_id, e.occurred_at + $2::interval AS remember_until "
             "FROM ledger_entries e JOIN ledger_accounts a USING (account_id) "
             "WHERE e.account_id = ANY($1::text[]) AND e.event_type = 'CreditsDeducted' "
-            "AND e.occurred_at > (a.state->>'clock')::timestamptz - $2::interval",
+            "AND e.occurred_at > (a.state::json->>'clock')::timestamptz - $2::interval",
             account_ids,
             REQUEST_ID_MEMORY,
         )
@@ -198,7 +198,7 @@ class PostgresLedgerStore:
             """
             WITH written AS (
                 INSERT INTO ledger_accounts AS a (account_id, state, version)
-                SELECT account_id, state::jsonb, version
+                SELECT account_id, state, version
                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS s(account_id, state, version)
                 ON CONFLICT (account_id) DO UPDATE
                     SET state = EXCLUDED.state, version = EXCLUDED.version, updated_at = now()

@@ -127,7 +127,7 @@ class PostgresQuotaStore:
             "SELECT r.account_id, r.request_id, r.remember_until FROM quota_request_ids r "
             "JOIN quota_accounts a USING (consumer_group, account_id) "
             "WHERE r.consumer_group = $1 "
-            "AND r.remember_until > (a.state->>'clock')::timestamptz"
+            "AND r.remember_until > (a.state::json->>'clock')::timestamptz"
         )
         if account_ids is None:
             rows = await self._conn.fetch(query, self._group)
@@ -170,7 +170,7 @@ class PostgresQuotaStore:
         await self._conn.execute(
             """
             INSERT INTO quota_accounts AS a (consumer_group, account_id, partition, state)
-            SELECT $1, account_id, partition, state::jsonb
+            SELECT $1, account_id, partition, state
             FROM unnest($2::text[], $3::int[], $4::text[]) AS s(account_id, partition, state)
             ON CONFLICT (consumer_group, account_id) DO UPDATE
                 SET partition = EXCLUDED.partition, state = EXCLUDED.state, updated_at = now()
@@ -208,7 +208,7 @@ class PostgresQuotaStore:
             "DELETE FROM quota_request_ids r USING quota_accounts a "
             "WHERE r.consumer_group = $1 AND a.consumer_group = r.consumer_group "
             "AND a.account_id = r.account_id "
-            "AND r.remember_until <= (a.state->>'clock')::timestamptz",
+            "AND r.remember_until <= (a.state::json->>'clock')::timestamptz",
             self._group,
         )
         return int(status.split()[-1])
