@@ -33,8 +33,6 @@ COOKIE = "metering_console"
 """The signed-in credential: a team token (`tt-…`) or a member's API key (`sk-tp-…`)."""
 MEMBER_PREFIX = "sk-tp-"
 PAGE_SIZE = 50
-TOTALS_MAX_ROWS = 50_000
-"""Totals of a filter add up at most this many rows (then say so)."""
 FILTERS = ("from", "to", "seat_id", "model")
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -110,43 +108,24 @@ def filters_of(request: Request) -> dict[str, str]:
 async def usage_view(
     upstream: Upstream, path: str, request: Request, filters: dict[str, str]
 ) -> dict[str, Any]:
-    """One page of usage rows (newest first), the cursors around it and the filter's totals."""
+    """One page of usage rows (newest first), the cursors around it and the filter's totals
+    (the ledger's sums over every row of the filter, `<path>/totals`)."""
     cursor = request.query_params.get("cursor", "")
     params = {**filters, "limit": str(PAGE_SIZE)}
     if cursor:
         params["cursor"] = cursor
     page = await upstream.get("ledger", path, params)
-    requests, tokens, spent, shortfall = 0, 0, Decimal(0), Decimal(0)
-    next_cursor: str | None = None
-    complete = True
-    while True:
-        whole = await upstream.get(
-            "ledger",
-            path,
-            {**filters, "limit": "1000", **({"cursor": next_cursor} if next_cursor else {})},
-        )
-        for row in whole["rows"]:
-            requests += 1
-            spent += Decimal(row["credits"])
-            shortfall += Decimal(row["shortfall"])
-            tokens += row["input_tokens"] + row["cached_tokens"] + row["output_tokens"]
-        next_cursor = whole["next_cursor"]
-        if not next_cursor:
-            break
-        if requests >= TOTALS_MAX_ROWS:
-            complete = False
-            break
+    totals = await upstream.get("ledger", f"{path}/totals", filters)
     return {
         "rows": page["rows"],
         "next_cursor": page["next_cursor"],
         "cursor": cursor,
         "totals": {
-            "requests": requests,
-            "credits": spent,
-            "shortfall": shortfall,
-            "tokens": tokens,
+            "requests": totals["requests"],
+            "credits": Decimal(totals["credits"]),
+            "shortfall": Decimal(totals["shortfall"]),
+            "tokens": totals["input_tokens"] + totals["cached_tokens"] + totals["output_tokens"],
         },
-        "totals_complete": complete,
         "filters": filters,
         "query": urlencode(filters),
         "next_query": urlencode({**filters, "cursor": page["next_cursor"] or ""}),

@@ -3,16 +3,20 @@ credential may read is rendered for people, what the APIs refuse is never shown.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
-from console import formatting
+from console import formatting, terminal
 from console.app import COOKIE, build_app
 from console.settings import ConsoleSettings
+from metering import cli
 
 TEAM = "tt-team-token"
 MEMBER = "sk-tp-member-key"
@@ -74,10 +78,28 @@ ROW = {
 }
 
 
+TOTALS = {
+    "requests": 1234,
+    "credits": "98765.43",
+    "seat_quota": "98000",
+    "shared_packs": "760.43",
+    "shortfall": "5",
+    "input_tokens": 1_000_000,
+    "cached_tokens": 200_000,
+    "output_tokens": 34_567,
+    "images": 0,
+}
+"""The ledger's totals of a filter: far more than the one row a page shows."""
+
+ASKED: list[httpx.Request] = []
+"""Every request the stand-ins answered (cleared by the `console` fixture)."""
+
+
 def handler(request: httpx.Request) -> httpx.Response:
+    ASKED.append(request)
     token = request.headers.get("authorization", "").removeprefix("Bearer ")
     path = request.url.path
-    if path == "/v1/me" or path == "/v1/me/usage":
+    if path == "/v1/me" or path.startswith("/v1/me/"):
         if token != MEMBER:
             return httpx.Response(401, json={"code": "unauthorized"})
     elif token != TEAM:
@@ -86,6 +108,10 @@ def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=SEAT)
     if path == "/v1/subscriptions/sub-1/overview":
         return httpx.Response(200, json=OVERVIEW)
+    if path in ("/v1/subscriptions/sub-1/usage/totals", "/v1/me/usage/totals"):
+        if request.url.params.get("from") == "bad":
+            return httpx.Response(422, json={"errors": [{"field": "from", "message": "bad"}]})
+        return httpx.Response(200, json=TOTALS)
     if path in ("/v1/subscriptions/sub-1/usage", "/v1/me/usage"):
         if request.url.params.get("format") == "csv":
             return httpx.Response(
@@ -102,6 +128,7 @@ def handler(request: httpx.Request) -> httpx.Response:
 @pytest.fixture
 def console() -> Iterator[TestClient]:
     settings = ConsoleSettings(ledger_url="http://ledger", quota_url="http://quota")
+    ASKED.clear()
     with TestClient(build_app(settings, httpx.MockTransport(handler))) as client:
         yield client
 
@@ -149,6 +176,15 @@ def test_usage_details_totals_and_csv(console: TestClient) -> None:
     page = console.get("/subscriptions/sub-1/usage", params={"model": "qwen3.6-plus"})
     assert page.status_code == 200
     assert "40,794" in page.text
+    # the totals are the ledger's sums over the whole filter, not of the rows read
+    assert '<strong id="total-requests">1,234</strong>' in page.text
+    assert '<strong id="total-credits">98,765.43</strong>' in page.text
+    assert '<span id="total-tokens">1,234,567</span>' in page.text
+    assert '<span id="total-shortfall">5.00</span>' in page.text
+    usage_reads = [r.url for r in ASKED if r.url.path == "/v1/subscriptions/sub-1/usage"]
+    assert [(u.params["limit"], u.params["model"]) for u in usage_reads] == [("50", "qwen3.6-plus")]
+    [totals] = [r.url for r in ASKED if r.url.path.endswith("/totals")]
+    assert dict(totals.params) == {"model": "qwen3.6-plus"}
     assert 'href="/subscriptions/sub-1/usage.csv?model=qwen3.6-plus"' in page.text
     csv = console.get("/subscriptions/sub-1/usage.csv", params={"model": "qwen3.6-plus"})
     assert csv.text == "request_id,credits\nreq-1,3.18\n"
@@ -176,3 +212,28 @@ def test_formatting() -> None:
     assert formatting.countdown("2026-01-01T00:00:40Z", now) == "in 40 s"
     assert formatting.countdown("2025-12-31T00:00:00Z", now) == "passed"
     assert formatting.utc_text("2026-01-01T01:02:03+01:00") == "2026-01-01 00:02:03 UTC"
+
+
+def test_metering_usage_prints_the_filters_totals_from_the_ledger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`metering usage` shows the ledger's totals of the filter, however few rows it prints."""
+    ASKED.clear()
+    base = {"LEDGER_URL": "http://ledger", "QUOTA_URL": "http://quota"}
+    for name, value in {**base, "METERING_ENV_FILE": "/nonexistent"}.items():
+        monkeypatch.setenv(name, value)
+
+    def get(url: str, **options: Any) -> httpx.Response:
+        request = httpx.Request("GET", url, params=options["params"], headers=options["headers"])
+        return handler(request)
+
+    monkeypatch.setattr(terminal.httpx, "get", get)
+    args = ["usage", "--subscription", "sub-1", "--model", "qwen3.6-plus", "--token", TEAM]
+    shown = CliRunner().invoke(cli.app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "req-1" in shown.output
+    assert "1,234 requests, 98,765.43 credits for this filter" in shown.output
+    as_json = CliRunner().invoke(cli.app, [*args, "--json"])
+    assert json.loads(as_json.output)["totals"] == TOTALS
+    [totals, _] = [r.url for r in ASKED if r.url.path.endswith("/totals")]
+    assert dict(totals.params) == {"model": "qwen3.6-plus"}
