@@ -1,14 +1,18 @@
 """The console's pages: sign-in, team overview, usage details (with CSV), a member's page.
 
 Every figure comes from the other services' HTTP APIs, called with the signed-in credential
-(kept in an HttpOnly, SameSite=Strict cookie), so a person sees exactly what that credential's
-scope allows: a team token reads its own account's subscriptions, a member key its own seat.
-An API's `404` is shown as "not found", its `401` sends the person back to sign in.
+(kept encrypted in an HttpOnly, SameSite=Strict session cookie: console/session.py), so a
+person sees exactly what that credential's scope allows: a team token reads its own account's
+subscriptions, a member key its own seat. An API's `404` is shown as "not found", its `401`
+sends the person back to sign in. Every form carries a CSRF token; a POST without the right one
+is refused with `403`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import secrets
 import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -25,12 +29,18 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.templating import Jinja2Templates
 
 from console import formatting
+from console.session import Sessions
 from console.settings import ConsoleSettings, load_console_settings
 from metering.logs import configure_logging
 from metering.service import _exit_after_graceful_stop, server_options
 
 COOKIE = "metering_console"
-"""The signed-in credential: a team token (`tt-…`) or a member's API key (`sk-tp-…`)."""
+"""The session: the signed-in credential, a team token (`tt-…`) or a member's API key
+(`sk-tp-…`), sealed by `Sessions` (never the credential itself)."""
+CSRF_COOKIE = "metering_console_csrf"
+"""The random value the forms' CSRF token is made from (`Sessions.csrf_token`)."""
+CSRF_FIELD = "csrf_token"
+LOG = logging.getLogger("console")
 MEMBER_PREFIX = "sk-tp-"
 PAGE_SIZE = 50
 FILTERS = ("from", "to", "seat_id", "model")
@@ -132,9 +142,25 @@ async def usage_view(
     }
 
 
+def sessions_of(settings: ConsoleSettings) -> Sessions:
+    """The sessions of `CONSOLE_SESSION_SECRET`, or of a random secret of this process."""
+    configured = settings.tokens("console_session_secret")
+    if configured:
+        secret = configured[0].encode()
+    else:
+        LOG.warning(
+            "CONSOLE_SESSION_SECRET is not set: sessions use a random secret of this process, "
+            "so they end when it stops and other replicas cannot read them"
+        )
+        secret = secrets.token_bytes(32)
+    return Sessions(secret, settings.console_session_hours * 3600)
+
+
 def build_app(
     settings: ConsoleSettings, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
+    sessions = sessions_of(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = settings.console_upstream_timeout_seconds
@@ -150,19 +176,43 @@ def build_app(
         openapi_url=None,
     )
 
+    def credential_of(request: Request) -> str:
+        """The signed-in credential of the request's session cookie (`""`: none valid)."""
+        return sessions.open(request.cookies.get(COOKIE))
+
     def upstream(request: Request) -> Upstream:
-        credential = request.cookies.get(COOKIE, "")
+        credential = credential_of(request)
         if not credential:
             raise SignedOut
         return Upstream(request.app.state.client, settings, credential)
 
+    def set_cookie(request: Request, response: Response, name: str, value: str) -> None:
+        """A cookie for this site's pages only: HttpOnly, SameSite=Strict, path `/`, and
+        Secure behind HTTPS (`CONSOLE_SECURE_COOKIE`, or a request that came over HTTPS)."""
+        response.set_cookie(
+            name,
+            value,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=settings.console_secure_cookie or request.url.scheme == "https",
+        )
+
+    def csrf_nonce(request: Request) -> str | None:
+        nonce = request.cookies.get(CSRF_COOKIE, "")
+        return nonce if 0 < len(nonce) <= 100 else None
+
     def render(
         request: Request, template: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
+        """The page, with the CSRF token of its forms: made from the browser's CSRF cookie,
+        or from a new one, then sent as that cookie."""
         now = datetime.now(UTC).replace(microsecond=0)
-        credential = request.cookies.get(COOKIE, "")
+        credential = credential_of(request)
         context.setdefault("refresh", None)
-        return TEMPLATES.TemplateResponse(
+        nonce = csrf_nonce(request)
+        fresh = None if nonce else sessions.new_nonce()
+        answer = TEMPLATES.TemplateResponse(
             request,
             template,
             {
@@ -170,9 +220,30 @@ def build_app(
                 "countdown": lambda t: formatting.countdown(t, now),
                 "signed_in": bool(credential),
                 "member": credential.startswith(MEMBER_PREFIX),
+                "csrf_field": CSRF_FIELD,
+                "csrf_token": sessions.csrf_token(nonce or fresh or ""),
                 **context,
             },
             status_code=status_code,
+        )
+        if fresh:
+            set_cookie(request, answer, CSRF_COOKIE, fresh)
+        return answer
+
+    async def form_of(request: Request) -> dict[str, str] | None:
+        """The posted form's fields, or None when its CSRF token is not the one made for
+        the browser's CSRF cookie (a form of another site, or one without a token)."""
+        form = {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
+        if not sessions.csrf_valid(csrf_nonce(request), form.get(CSRF_FIELD)):
+            return None
+        return form
+
+    def forbidden(request: Request) -> HTMLResponse:
+        return render(
+            request,
+            "signin.html",
+            status_code=403,
+            message="This form has expired or was not sent from this console: try again.",
         )
 
     @app.exception_handler(SignedOut)
@@ -204,14 +275,15 @@ def build_app(
 
     @app.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> Response:
-        credential = request.cookies.get(COOKIE, "")
-        if credential.startswith(MEMBER_PREFIX):
+        if credential_of(request).startswith(MEMBER_PREFIX):
             return RedirectResponse("/me", status_code=303)
         return render(request, "signin.html", message=None)
 
     @app.post("/signin", response_class=HTMLResponse)
     async def signin(request: Request) -> Response:
-        form = {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
+        form = await form_of(request)
+        if form is None:
+            return forbidden(request)
         credential = form.get("credential", "")
         subscription_id = form.get("subscription_id", "")
         probe = Upstream(request.app.state.client, settings, credential)
@@ -241,18 +313,14 @@ def build_app(
                 request, "signin.html", status_code=404, message="Subscription not found."
             )
         answer = RedirectResponse(target, status_code=303)
-        answer.set_cookie(
-            COOKIE,
-            credential,
-            httponly=True,
-            samesite="strict",
-            path="/",
-            secure=settings.console_secure_cookie,
-        )
+        set_cookie(request, answer, COOKIE, sessions.seal(credential))
+        set_cookie(request, answer, CSRF_COOKIE, sessions.new_nonce())  # a new one per session
         return answer
 
     @app.post("/signout")
-    async def signout() -> Response:
+    async def signout(request: Request) -> Response:
+        if await form_of(request) is None:
+            return forbidden(request)
         answer = RedirectResponse("/", status_code=303)
         answer.delete_cookie(COOKIE, path="/")
         return answer

@@ -1,25 +1,33 @@
 """The console's pages against stand-ins for ledger and quota (httpx.MockTransport): what the
-credential may read is rendered for people, what the APIs refuse is never shown."""
+credential may read is rendered for people, what the APIs refuse is never shown, the session
+cookie never holds the credential, and no form is taken without its CSRF token."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from console import formatting, terminal
-from console.app import COOKIE, build_app
+from console import formatting
+from console.app import COOKIE, CSRF_COOKIE, build_app
+from console.session import Sessions
 from console.settings import ConsoleSettings
 from metering import cli
 
 TEAM = "tt-team-token"
 MEMBER = "sk-tp-member-key"
+SECRET = "test-console-session-secret"
+SESSIONS = Sessions(SECRET.encode(), 12 * 3600)
+"""Seals sessions as the console under test does (its CONSOLE_SESSION_SECRET)."""
 SOON = (datetime.now(UTC) + timedelta(days=3, hours=2)).isoformat()
 
 SEAT = {
@@ -125,26 +133,74 @@ def handler(request: httpx.Request) -> httpx.Response:
     return httpx.Response(404, json={"code": "unknown_subscription"})
 
 
+class Answer(Protocol):
+    """What the test client answers (starlette's TestClient has an httpx of its own)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def headers(self) -> Any: ...
+
+
+def settings(**changes: Any) -> ConsoleSettings:
+    base: dict[str, Any] = {
+        "ledger_url": "http://ledger",
+        "quota_url": "http://quota",
+        "console_session_secret": SECRET,
+    }
+    return ConsoleSettings(**{**base, **changes})
+
+
 @pytest.fixture
 def console() -> Iterator[TestClient]:
-    settings = ConsoleSettings(ledger_url="http://ledger", quota_url="http://quota")
     ASKED.clear()
-    with TestClient(build_app(settings, httpx.MockTransport(handler))) as client:
+    with TestClient(build_app(settings(), httpx.MockTransport(handler))) as client:
         yield client
+
+
+def csrf_token(page: Answer) -> str:
+    """The CSRF token of the page's forms."""
+    found = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def sign_in(console: TestClient, credential: str, subscription_id: str = "") -> Answer:
+    """What a person does: open the sign-in page, fill in its form and send it."""
+    data = {"credential": credential, "csrf_token": csrf_token(console.get("/"))}
+    if subscription_id:
+        data["subscription_id"] = subscription_id
+    return console.post("/signin", data=data, follow_redirects=False)
+
+
+def put_cookie(console: TestClient, name: str, value: str | None) -> None:
+    """Replace (or, with None, remove) the browser's cookie `name`."""
+    console.cookies.delete(name)
+    if value is not None:
+        console.cookies.set(name, value, domain="testserver.local")
+
+
+def set_cookie(answer: Answer, name: str) -> str:
+    """The `Set-Cookie` header of the answer for cookie `name`."""
+    headers: list[str] = answer.headers.get_list("set-cookie")
+    [header] = [h for h in headers if h.startswith(f"{name}=")]
+    return header
 
 
 def test_team_sign_in_sets_a_strict_http_only_cookie_and_shows_the_overview(
     console: TestClient,
 ) -> None:
-    answer = console.post(
-        "/signin", data={"credential": TEAM, "subscription_id": "sub-1"}, follow_redirects=False
-    )
+    answer = sign_in(console, TEAM, "sub-1")
     assert answer.status_code == 303
     assert answer.headers["location"] == "/subscriptions/sub-1"
-    cookie = answer.headers["set-cookie"]
-    assert "HttpOnly" in cookie
-    assert "SameSite=strict" in cookie
-    assert "Path=/" in cookie
+    for name in (COOKIE, CSRF_COOKIE):
+        cookie = set_cookie(answer, name)
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
+        assert "Path=/" in cookie
+        assert "Secure" not in cookie  # served over plain HTTP, CONSOLE_SECURE_COOKIE unset
     page = console.get("/subscriptions/sub-1")
     assert page.status_code == 200
     assert '<meta http-equiv="refresh" content="2">' in page.text
@@ -156,23 +212,24 @@ def test_team_sign_in_sets_a_strict_http_only_cookie_and_shows_the_overview(
 
 
 def test_another_teams_subscription_is_not_found(console: TestClient) -> None:
-    console.cookies.set(COOKIE, TEAM)
+    sign_in(console, TEAM, "sub-1")
     page = console.get("/subscriptions/sub-2")
     assert page.status_code == 404
     assert "Not found" in page.text
 
 
 def test_a_refused_credential_signs_out(console: TestClient) -> None:
-    refused = console.post("/signin", data={"credential": "tt-wrong", "subscription_id": "sub-1"})
+    refused = sign_in(console, "tt-wrong", "sub-1")
     assert refused.status_code == 401
-    console.cookies.set(COOKIE, "tt-wrong")
+    assert COOKIE not in console.cookies
+    put_cookie(console, COOKIE, SESSIONS.seal("tt-wrong"))  # revoked since it signed in
     page = console.get("/subscriptions/sub-1")
     assert page.status_code == 401
     assert "Please sign in" in page.text
 
 
 def test_usage_details_totals_and_csv(console: TestClient) -> None:
-    console.cookies.set(COOKIE, TEAM)
+    sign_in(console, TEAM, "sub-1")
     page = console.get("/subscriptions/sub-1/usage", params={"model": "qwen3.6-plus"})
     assert page.status_code == 200
     assert "40,794" in page.text
@@ -195,13 +252,81 @@ def test_usage_details_totals_and_csv(console: TestClient) -> None:
 
 
 def test_member_page_shows_its_own_seat_and_why_it_is_suspended(console: TestClient) -> None:
-    answer = console.post("/signin", data={"credential": MEMBER}, follow_redirects=False)
+    answer = sign_in(console, MEMBER)
     assert answer.headers["location"] == "/me"
     page = console.get("/me")
     assert page.status_code == 200
     assert "used up" in page.text
     assert "25,000.00" in page.text
     assert console.get("/subscriptions/sub-1").status_code == 401
+
+
+def test_the_session_cookie_is_sealed_never_the_credential(console: TestClient) -> None:
+    answer = sign_in(console, TEAM, "sub-1")
+    sealed = console.cookies[COOKIE]
+    encoded = base64.urlsafe_b64encode(TEAM.encode()).decode().rstrip("=")
+    for shown in (TEAM, TEAM.removeprefix("tt-"), encoded):
+        assert shown not in sealed
+        assert shown not in answer.headers["set-cookie"]
+    assert console.get("/subscriptions/sub-1").status_code == 200
+
+    def with_session(value: str) -> int:
+        put_cookie(console, COOKIE, value)
+        return console.get("/subscriptions/sub-1").status_code
+
+    other_secret = Sessions(b"another console's secret", 12 * 3600)
+    twelve_hours_ago = time.time() - 12 * 3600 - 60
+    assert with_session(TEAM) == 401  # the credential itself is no session
+    assert with_session(other_secret.seal(TEAM)) == 401
+    assert with_session(SESSIONS.seal(TEAM, now=twelve_hours_ago)) == 401  # CONSOLE_SESSION_HOURS
+    assert with_session(sealed[:-6] + ("A" if sealed[-6] != "A" else "B") + sealed[-5:]) == 401
+    assert with_session(SESSIONS.seal(TEAM)) == 200
+
+
+def test_a_form_without_its_csrf_token_is_refused(console: TestClient) -> None:
+    def posts(path: str, **data: str) -> Answer:
+        return console.post(path, data=data, follow_redirects=False)
+
+    token = csrf_token(console.get("/"))
+    for forged in ({}, {"csrf_token": ""}, {"csrf_token": "0" * 64}, {"csrf_token": token[:-1]}):
+        refused = posts("/signin", credential=TEAM, subscription_id="sub-1", **forged)
+        assert refused.status_code == 403, forged
+        assert "not sent from this console" in refused.text
+        assert COOKIE not in refused.headers.get("set-cookie", "")
+    assert not [r for r in ASKED if r.url.path.startswith("/v1/")], "nothing was asked"
+    # the token of another browser (another CSRF cookie) is refused too
+    with TestClient(build_app(settings(), httpx.MockTransport(handler))) as other:
+        theirs = csrf_token(other.get("/"))
+    assert theirs != token
+    team = {"credential": TEAM, "subscription_id": "sub-1"}
+    assert posts("/signin", **team, csrf_token=theirs).status_code == 403
+    # a token without its cookie: a page of another site cannot send this browser's cookie
+    nonce = console.cookies[CSRF_COOKIE]
+    put_cookie(console, CSRF_COOKIE, None)
+    assert posts("/signin", **team, csrf_token=token).status_code == 403
+    put_cookie(console, CSRF_COOKIE, nonce)
+
+    # signed in, a new CSRF cookie: the sign-in page's token no longer signs out
+    assert sign_in(console, TEAM, "sub-1").status_code == 303
+    assert console.cookies[CSRF_COOKIE] != nonce
+    for forged in ({}, {"csrf_token": token}):
+        assert posts("/signout", **forged).status_code == 403
+        assert console.get("/subscriptions/sub-1").status_code == 200, "still signed in"
+    page = console.get("/subscriptions/sub-1")
+    signed_out = posts("/signout", csrf_token=csrf_token(page))
+    assert signed_out.status_code == 303
+    assert console.get("/subscriptions/sub-1").status_code == 401
+
+
+def test_cookies_are_secure_behind_https() -> None:
+    transport = httpx.MockTransport(handler)
+    with TestClient(build_app(settings(console_secure_cookie=True), transport)) as configured:
+        assert "Secure" in set_cookie(configured.get("/"), CSRF_COOKIE)
+    with TestClient(build_app(settings(), transport), base_url="https://console") as over_https:
+        answer = sign_in(over_https, TEAM, "sub-1")
+        assert answer.status_code == 303
+        for name in (COOKIE, CSRF_COOKIE):
+            assert "Secure" in set_cookie(answer, name)
 
 
 def test_formatting() -> None:
@@ -227,7 +352,7 @@ def test_metering_usage_prints_the_filters_totals_from_the_ledger(
         request = httpx.Request("GET", url, params=options["params"], headers=options["headers"])
         return handler(request)
 
-    monkeypatch.setattr(terminal.httpx, "get", get)
+    monkeypatch.setattr(httpx, "get", get)
     args = ["usage", "--subscription", "sub-1", "--model", "qwen3.6-plus", "--token", TEAM]
     shown = CliRunner().invoke(cli.app, args)
     assert shown.exit_code == 0, shown.output
