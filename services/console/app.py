@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,14 +24,18 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import httpx
+import prometheus_client
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
 from console import formatting
+from console.metrics import SIGNIN, UPSTREAM_CALL, UPSTREAM_TIME, outcome
 from console.session import Sessions
 from console.settings import ConsoleSettings, load_console_settings
+from metering.edges import BodyLimit
+from metering.http import NO_OPENTELEMETRY, MetricsAccess, RequestMetrics
 from metering.logs import configure_logging
 from metering.service import _exit_after_graceful_stop, server_options
 
@@ -77,14 +82,13 @@ class Upstream:
 
     async def get(self, service: str, path: str, params: Mapping[str, str] | None = None) -> Any:
         base = self.settings.ledger_url if service == "ledger" else self.settings.quota_url
-        try:
-            answer = await self.client.get(
-                base.rstrip("/") + path,
-                params=dict(params or {}),
-                headers={"Authorization": f"Bearer {self.credential}"},
-            )
-        except httpx.HTTPError as error:
-            raise Unavailable(f"{service} did not answer: {type(error).__name__}") from None
+        request = self.client.build_request(
+            "GET",
+            base.rstrip("/") + path,
+            params=dict(params or {}),
+            headers={"Authorization": f"Bearer {self.credential}"},
+        )
+        answer = await call(self.client, service, request)
         if answer.status_code == 401:
             raise SignedOut
         if answer.status_code == 404:
@@ -94,6 +98,24 @@ class Upstream:
         if answer.status_code != 200:
             raise Unavailable(f"{service} answered {answer.status_code}")
         return answer.json()
+
+
+async def call(
+    client: httpx.AsyncClient, service: str, request: httpx.Request, stream: bool = False
+) -> httpx.Response:
+    """Send `request` to `service`, counted and timed by outcome (until the answer's headers);
+    no answer raises `Unavailable`."""
+    started = time.perf_counter()
+    status: int | None = None
+    try:
+        answer = await client.send(request, stream=stream)
+        status = answer.status_code
+        return answer
+    except httpx.HTTPError as error:
+        raise Unavailable(f"{service} did not answer: {type(error).__name__}") from None
+    finally:
+        UPSTREAM_TIME(service).observe(time.perf_counter() - started)
+        UPSTREAM_CALL(service, outcome(status)).inc()
 
 
 class BadFilter(Exception):
@@ -174,7 +196,11 @@ def build_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=NO_OPENTELEMETRY,
     )
+    app.add_middleware(BodyLimit, limits=settings.body_limits())
+    app.add_middleware(RequestMetrics, component="console")
+    metrics_access = MetricsAccess.of(settings)
 
     def credential_of(request: Request) -> str:
         """The signed-in credential of the request's session cookie (`""`: none valid)."""
@@ -230,13 +256,14 @@ def build_app(
             set_cookie(request, answer, CSRF_COOKIE, fresh)
         return answer
 
-    async def form_of(request: Request) -> dict[str, str] | None:
-        """The posted form's fields, or None when its CSRF token is not the one made for
-        the browser's CSRF cookie (a form of another site, or one without a token)."""
-        form = {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
-        if not sessions.csrf_valid(csrf_nonce(request), form.get(CSRF_FIELD)):
-            return None
-        return form
+    async def form_of(request: Request) -> dict[str, str]:
+        """The posted form's fields."""
+        return {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
+
+    def csrf_valid(request: Request, form: dict[str, str]) -> bool:
+        """Whether the form's CSRF token is the one made for the browser's CSRF cookie (not
+        a form of another site, nor one without a token)."""
+        return sessions.csrf_valid(csrf_nonce(request), form.get(CSRF_FIELD))
 
     def forbidden(request: Request) -> HTMLResponse:
         return render(
@@ -273,6 +300,17 @@ def build_app(
     async def readyz() -> dict[str, bool]:
         return {"ready": True}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics, private as every service's (METRICS_TOKEN, METRICS_PORT or
+        loopback only)."""
+        refused = metrics_access.refusal(request)
+        if refused is not None:
+            return refused
+        return Response(
+            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
+
     @app.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> Response:
         if credential_of(request).startswith(MEMBER_PREFIX):
@@ -282,36 +320,48 @@ def build_app(
     @app.post("/signin", response_class=HTMLResponse)
     async def signin(request: Request) -> Response:
         form = await form_of(request)
-        if form is None:
-            return forbidden(request)
         credential = form.get("credential", "")
         subscription_id = form.get("subscription_id", "")
+        kind = "member" if credential.startswith(MEMBER_PREFIX) else "team"
+        if not csrf_valid(request, form):
+            SIGNIN(kind, "forbidden").inc()
+            return forbidden(request)
+        if not credential or (kind == "team" and not subscription_id):
+            SIGNIN(kind, "incomplete").inc()
+            message = (
+                "A team token reads one subscription: give its id."
+                if credential
+                else "Give a team token or a member's API key."
+            )
+            return render(request, "signin.html", status_code=422, message=message)
         probe = Upstream(request.app.state.client, settings, credential)
         try:
-            if not credential:
-                raise SignedOut
-            if credential.startswith(MEMBER_PREFIX):
+            if kind == "member":
                 await probe.get("quota", "/v1/me")
                 target = "/me"
             else:
-                if not subscription_id:
-                    return render(
-                        request,
-                        "signin.html",
-                        status_code=422,
-                        message="A team token reads one subscription: give its id.",
-                    )
                 path = f"/v1/subscriptions/{quote(subscription_id, safe='')}/overview"
                 await probe.get("quota", path)
                 target = f"/subscriptions/{quote(subscription_id, safe='')}"
         except SignedOut:
+            SIGNIN(kind, "refused").inc()
             return render(
                 request, "signin.html", status_code=401, message="That credential was refused."
             )
         except NotFound:
+            SIGNIN(kind, "not_found").inc()
             return render(
                 request, "signin.html", status_code=404, message="Subscription not found."
             )
+        except BadFilter as error:  # an id the API cannot read (e.g. a control character)
+            SIGNIN(kind, "incomplete").inc()
+            return render(
+                request, "signin.html", status_code=422, message=f"Not a valid id: {error}"
+            )
+        except Unavailable:
+            SIGNIN(kind, "unavailable").inc()
+            raise
+        SIGNIN(kind, "success").inc()
         answer = RedirectResponse(target, status_code=303)
         set_cookie(request, answer, COOKIE, sessions.seal(credential))
         set_cookie(request, answer, CSRF_COOKIE, sessions.new_nonce())  # a new one per session
@@ -319,7 +369,7 @@ def build_app(
 
     @app.post("/signout")
     async def signout(request: Request) -> Response:
-        if await form_of(request) is None:
+        if not csrf_valid(request, await form_of(request)):
             return forbidden(request)
         answer = RedirectResponse("/", status_code=303)
         answer.delete_cookie(COOKIE, path="/")
@@ -395,10 +445,7 @@ def build_app(
             params=params,
             headers={"Authorization": f"Bearer {api.credential}"},
         )
-        try:
-            answer = await client.send(upstream_request, stream=True)
-        except httpx.HTTPError as error:
-            raise Unavailable(f"ledger did not answer: {type(error).__name__}") from None
+        answer = await call(client, "ledger", upstream_request, stream=True)
         if answer.status_code != 200:
             await answer.aclose()
             if answer.status_code == 401:
@@ -429,4 +476,6 @@ def serve() -> None:
     configure_logging(settings.log_level, "console")
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_after_graceful_stop)
+    if settings.metrics_port is not None:  # an internal port of its own (a thread)
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     uvicorn.run(build_app(settings), **server_options(settings))

@@ -15,10 +15,12 @@ from typing import Any, Protocol
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from console import formatting
 from console.app import COOKIE, CSRF_COOKIE, build_app
+from console.metrics import OUTCOMES, SIGNIN_RESULTS
 from console.session import Sessions
 from console.settings import ConsoleSettings
 from metering import cli
@@ -28,6 +30,7 @@ MEMBER = "sk-tp-member-key"
 SECRET = "test-console-session-secret"
 SESSIONS = Sessions(SECRET.encode(), 12 * 3600)
 """Seals sessions as the console under test does (its CONSOLE_SESSION_SECRET)."""
+UPSTREAM_COUNT = "metering_console_upstream_request_duration_seconds_count"
 SOON = (datetime.now(UTC) + timedelta(days=3, hours=2)).isoformat()
 
 SEAT = {
@@ -116,6 +119,10 @@ def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json=SEAT)
     if path == "/v1/subscriptions/sub-1/overview":
         return httpx.Response(200, json=OVERVIEW)
+    if path == "/v1/subscriptions/sub-down/overview":
+        raise httpx.ConnectError("connection refused", request=request)
+    if path == "/v1/subscriptions/sub-broken/overview":
+        return httpx.Response(500, json={"code": "database_unavailable"})
     if path in ("/v1/subscriptions/sub-1/usage/totals", "/v1/me/usage/totals"):
         if request.url.params.get("from") == "bad":
             return httpx.Response(422, json={"errors": [{"field": "from", "message": "bad"}]})
@@ -327,6 +334,75 @@ def test_cookies_are_secure_behind_https() -> None:
         assert answer.status_code == 303
         for name in (COOKIE, CSRF_COOKIE):
             assert "Secure" in set_cookie(answer, name)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_metrics_count_pages_upstream_calls_and_sign_ins() -> None:
+    transport = httpx.MockTransport(handler)
+    app = build_app(settings(metrics_token="scrape-me"), transport)
+    signins = {
+        (credential, result): sample(
+            "metering_console_signins_total", credential=credential, result=result
+        )
+        for credential in ("team", "member")
+        for result in SIGNIN_RESULTS
+    }
+    calls = {
+        (upstream, result): sample(
+            "metering_console_upstream_requests_total", upstream=upstream, outcome=result
+        )
+        for upstream in ("ledger", "quota")
+        for result in OUTCOMES
+    }
+    timed = {u: sample(UPSTREAM_COUNT, upstream=u) for u in ("ledger", "quota")}
+    page = {"component": "console", "method": "GET", "route": "/subscriptions/{subscription_id}"}
+    pages = sample("metering_http_requests_total", **page, status="200")
+    with TestClient(app) as console:
+        assert sign_in(console, "tt-wrong", "sub-1").status_code == 401
+        assert sign_in(console, TEAM).status_code == 422
+        assert sign_in(console, TEAM, "sub-down").status_code == 502
+        forged = console.post("/signin", data={"credential": TEAM, "subscription_id": "sub-1"})
+        assert forged.status_code == 403
+        assert sign_in(console, TEAM, "sub-1").status_code == 303
+        assert console.get("/subscriptions/sub-1").status_code == 200
+        assert console.get("/subscriptions/sub-1/usage").status_code == 200
+        assert console.get("/subscriptions/sub-broken").status_code == 502
+        assert sign_in(console, MEMBER).status_code == 303
+        assert console.get("/metrics").status_code == 401  # private: METRICS_TOKEN
+        scraped = console.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert scraped.status_code == 200
+    for name in ("signins_total", "upstream_requests_total", "upstream_request_duration_seconds"):
+        assert f"metering_console_{name}" in scraped.text
+
+    def added(before: dict[tuple[str, str], float], name: str, *labels: str) -> dict[Any, float]:
+        now = {key: sample(name, **dict(zip(labels, key, strict=True))) for key in before}
+        return {key: now[key] - value for key, value in before.items() if now[key] != value}
+
+    assert added(signins, "metering_console_signins_total", "credential", "result") == {
+        ("member", "success"): 1,
+        ("team", "refused"): 1,
+        ("team", "incomplete"): 1,
+        ("team", "unavailable"): 1,
+        ("team", "forbidden"): 1,
+        ("team", "success"): 1,
+    }
+    # quota: the sign-ins (refused, sub-down, sub-1, the member's), the overview, the usage
+    # page's overview, sub-broken; ledger: the usage page's rows and totals
+    assert added(calls, "metering_console_upstream_requests_total", "upstream", "outcome") == {
+        ("quota", "ok"): 4,
+        ("quota", "refused"): 1,
+        ("quota", "unreachable"): 1,
+        ("quota", "failed"): 1,
+        ("ledger", "ok"): 2,
+    }
+    assert {u: sample(UPSTREAM_COUNT, upstream=u) - n for u, n in timed.items()} == {
+        "quota": 7,
+        "ledger": 2,
+    }
+    assert sample("metering_http_requests_total", **page, status="200") == pages + 1
 
 
 def test_formatting() -> None:
