@@ -336,6 +336,15 @@ def test_cookies_are_secure_behind_https() -> None:
             assert "Secure" in set_cookie(answer, name)
 
 
+def test_a_form_body_over_the_limit_is_refused_before_it_is_read(console: TestClient) -> None:
+    token = csrf_token(console.get("/"))
+    huge = {"credential": "x" * 2_000_000, "csrf_token": token}
+    refused = console.post("/signin", data=huge)
+    assert refused.status_code == 413
+    assert refused.json()["code"] == "body_too_large"
+    assert not [r for r in ASKED if r.url.path.startswith("/v1/")]
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
