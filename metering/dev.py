@@ -60,8 +60,9 @@ class RunningService:
     environ: Mapping[str, str]
 
 
-#: Secrets the services need; `make run` makes each once and keeps it under `.run/`.
-SECRETS = ("METERING_ADMIN_TOKEN", "API_KEY_HASH_SECRET")
+#: Secrets the services need; `make run` makes each once and keeps it under `.run/` (the
+#: console's session secret too: its sign-ins outlive a restart by the supervisor).
+SECRETS = ("METERING_ADMIN_TOKEN", "API_KEY_HASH_SECRET", "CONSOLE_SESSION_SECRET")
 
 
 def kept_secrets(state_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:

@@ -97,6 +97,11 @@ CATALOGUE: dict[str, tuple[str, str]] = {
         "422",
         "The body, a parameter or a value is not valid; `errors` names each bad field.",
     ),
+    "inverted_range": (
+        "422",
+        "A usage filter's `from` is later than its `to` (`from` is inclusive, `to` "
+        "exclusive): the range holds no time. Swap them.",
+    ),
     "invalid_report": ("422", "One report of a batch is not valid (its `errors` say why)."),
     "malformed": (
         "422",

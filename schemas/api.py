@@ -270,6 +270,26 @@ class UsagePage(Contract):
     """Pass as ``cursor`` for the next (older) page; null on the last page."""
 
 
+class UsageTotals(Contract):
+    """The sums over every row a usage filter selects (all its pages), computed by the
+    ledger where the rows are: what a person totals from the usage details."""
+
+    requests: Count
+    """Deductions (model requests)."""
+    credits: Credits
+    """Their price: ``seat_quota + shared_packs + shortfall``."""
+    seat_quota: Credits
+    """Paid from seat quotas."""
+    shared_packs: Credits
+    """Paid from shared packs."""
+    shortfall: Credits
+    """What no bucket covered."""
+    input_tokens: Count
+    cached_tokens: Count
+    output_tokens: Count
+    images: Count
+
+
 class Balances(Contract):
     seat: Credits
     shared: Credits
@@ -363,6 +383,7 @@ API_MODELS: tuple[type[Contract], ...] = (
     QuoteRequest,
     QuoteResponse,
     UsagePage,
+    UsageTotals,
     Statement,
 )
 """Every top-level HTTP body, for the generated JSON Schema."""

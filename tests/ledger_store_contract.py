@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 
 from ledger.policy import archive_row, entry_row
-from ledger.store import AccountWrite, LedgerStore, StaleAccountState, month_start
+from ledger.store import (
+    ENTRY_COLUMNS,
+    AccountWrite,
+    LedgerStore,
+    StaleAccountState,
+    UsageFilter,
+    UsageTotals,
+    month_start,
+)
 from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import fold
+from metering.core.money import MICRO
 from metering.publishing import Outgoing
 from metering.snapshots import snapshot_json
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at
@@ -42,6 +51,11 @@ class LedgerStoreContract:
         facts = Facts(account_id)
         events = facts.team(T0, ("s1", "standard"))
         events += [facts.usage(t, "s1", credits=1, recorded=t) for t in usage_at]
+        return LedgerStoreContract._stored(events)
+
+    @staticmethod
+    def _stored(events: list[Any]) -> tuple[list[Any], Any, list[Any]]:
+        """Archive rows, final state and entry rows of folding `events`."""
         state, results = fold(events, DEFAULT_CARD)
         by_source = {e.event_id: e for e in events}
         entries = [
@@ -120,6 +134,79 @@ class LedgerStoreContract:
         await store.add_subscriptions([("sub-1", "acct-2"), ("sub-2", "acct-2")])
         assert await store.subscription_account("sub-1") == "acct-1"
         assert await store.subscription_account("sub-2") == "acct-2"
+
+    async def test_usage_totals_sum_the_deductions_a_filter_selects(
+        self, store: LedgerStore
+    ) -> None:
+        facts = Facts("acct-t")
+        hour = timedelta(hours=1)
+        events = [
+            *facts.team(T0, ("s1", "standard"), ("s2", "advanced")),
+            facts.usage(T0 + hour, "s1", credits=25_000),  # all of the seat's month
+            facts.usage(T0 + 2 * hour, "s1", credits=5),  # all of it shortfall
+            facts.buy_pack(T0 + 2.5 * hour, "p1"),
+            facts.usage(T0 + 3 * hour, "s1", credits=7),  # paid by the pack
+            facts.usage(
+                T0 + 4 * hour,
+                "s2",
+                model="glm-5",
+                input_tokens=1_000,
+                cached_tokens=2_000,
+                output_tokens=300,
+            ),
+            facts.usage(T0 + 5 * hour, "s2", model="qwen-image-2.0", images=3),
+        ]
+        archive, _, entries = self._stored(events)
+        await store.ensure_archive_month(month_start(T0))
+        await store.append(archive, entries)
+        rows = [dict(zip(ENTRY_COLUMNS, row, strict=True)) for row in entries]
+        glm_micro, image_micro = (
+            r["price_micro"]
+            for r in rows
+            if r["event_type"] == "CreditsDeducted" and r["model"] != "qwen3.6-plus"
+        )
+        assert glm_micro > 0
+        assert image_micro > 0
+
+        def totals(**where: Any) -> Any:
+            return store.usage_totals(
+                UsageFilter(
+                    where.pop("subscription_id", "sub-1"),
+                    where.pop("since", None),
+                    where.pop("until", None),
+                    where.pop("seat_id", None),
+                    where.pop("model", None),
+                )
+            )
+
+        assert await totals() == UsageTotals(
+            requests=5,
+            price_micro=(25_012 * MICRO) + glm_micro + image_micro,
+            seat_paid_micro=(25_000 * MICRO) + glm_micro + image_micro,
+            packs_paid_micro=7 * MICRO,
+            shortfall_micro=5 * MICRO,
+            input_tokens=25_012 * 5_000 + 1_000,
+            cached_tokens=2_000,
+            output_tokens=300,
+            images=3,
+        )
+        assert await totals(seat_id="s2", model="glm-5") == UsageTotals(
+            requests=1,
+            price_micro=glm_micro,
+            seat_paid_micro=glm_micro,
+            input_tokens=1_000,
+            cached_tokens=2_000,
+            output_tokens=300,
+        )
+        assert (await totals(model="qwen3.6-plus")).requests == 3
+        # from inclusive, to exclusive, by the usage's time
+        assert await totals(since=T0 + 2 * hour, until=T0 + 3 * hour) == UsageTotals(
+            requests=1, price_micro=5 * MICRO, shortfall_micro=5 * MICRO, input_tokens=25_000
+        )
+        assert (await totals(since=T0 + 3 * hour)).requests == 3
+        assert (await totals(until=T0 + hour)).requests == 0
+        for nothing in ({"seat_id": "s3"}, {"model": "gpt-9"}, {"subscription_id": "sub-2"}):
+            assert await totals(**nothing) == UsageTotals()
 
     async def test_outgoing_messages_are_queued_in_order(self, store: LedgerStore) -> None:
         sent = [Outgoing("t.ledger", "k1", b"1"), Outgoing("t.dlq", "k2", b"2")]

@@ -1,15 +1,20 @@
 """The console's pages: sign-in, team overview, usage details (with CSV), a member's page.
 
 Every figure comes from the other services' HTTP APIs, called with the signed-in credential
-(kept in an HttpOnly, SameSite=Strict cookie), so a person sees exactly what that credential's
-scope allows: a team token reads its own account's subscriptions, a member key its own seat.
-An API's `404` is shown as "not found", its `401` sends the person back to sign in.
+(kept encrypted in an HttpOnly, SameSite=Strict session cookie: console/session.py), so a
+person sees exactly what that credential's scope allows: a team token reads its own account's
+subscriptions, a member key its own seat. An API's `404` is shown as "not found", its `401`
+sends the person back to sign in. Every form carries a CSRF token; a POST without the right one
+is refused with `403`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,22 +24,30 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import httpx
+import prometheus_client
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
 from console import formatting
+from console.metrics import SIGNIN, UPSTREAM_CALL, UPSTREAM_TIME, outcome
+from console.session import Sessions
 from console.settings import ConsoleSettings, load_console_settings
+from metering.edges import BodyLimit
+from metering.http import NO_OPENTELEMETRY, MetricsAccess, RequestMetrics
 from metering.logs import configure_logging
 from metering.service import _exit_after_graceful_stop, server_options
 
 COOKIE = "metering_console"
-"""The signed-in credential: a team token (`tt-…`) or a member's API key (`sk-tp-…`)."""
+"""The session: the signed-in credential, a team token (`tt-…`) or a member's API key
+(`sk-tp-…`), sealed by `Sessions` (never the credential itself)."""
+CSRF_COOKIE = "metering_console_csrf"
+"""The random value the forms' CSRF token is made from (`Sessions.csrf_token`)."""
+CSRF_FIELD = "csrf_token"
+LOG = logging.getLogger("console")
 MEMBER_PREFIX = "sk-tp-"
 PAGE_SIZE = 50
-TOTALS_MAX_ROWS = 50_000
-"""Totals of a filter add up at most this many rows (then say so)."""
 FILTERS = ("from", "to", "seat_id", "model")
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -69,14 +82,13 @@ class Upstream:
 
     async def get(self, service: str, path: str, params: Mapping[str, str] | None = None) -> Any:
         base = self.settings.ledger_url if service == "ledger" else self.settings.quota_url
-        try:
-            answer = await self.client.get(
-                base.rstrip("/") + path,
-                params=dict(params or {}),
-                headers={"Authorization": f"Bearer {self.credential}"},
-            )
-        except httpx.HTTPError as error:
-            raise Unavailable(f"{service} did not answer: {type(error).__name__}") from None
+        request = self.client.build_request(
+            "GET",
+            base.rstrip("/") + path,
+            params=dict(params or {}),
+            headers={"Authorization": f"Bearer {self.credential}"},
+        )
+        answer = await call(self.client, service, request)
         if answer.status_code == 401:
             raise SignedOut
         if answer.status_code == 404:
@@ -86,6 +98,24 @@ class Upstream:
         if answer.status_code != 200:
             raise Unavailable(f"{service} answered {answer.status_code}")
         return answer.json()
+
+
+async def call(
+    client: httpx.AsyncClient, service: str, request: httpx.Request, stream: bool = False
+) -> httpx.Response:
+    """Send `request` to `service`, counted and timed by outcome (until the answer's headers);
+    no answer raises `Unavailable`."""
+    started = time.perf_counter()
+    status: int | None = None
+    try:
+        answer = await client.send(request, stream=stream)
+        status = answer.status_code
+        return answer
+    except httpx.HTTPError as error:
+        raise Unavailable(f"{service} did not answer: {type(error).__name__}") from None
+    finally:
+        UPSTREAM_TIME(service).observe(time.perf_counter() - started)
+        UPSTREAM_CALL(service, outcome(status)).inc()
 
 
 class BadFilter(Exception):
@@ -110,52 +140,49 @@ def filters_of(request: Request) -> dict[str, str]:
 async def usage_view(
     upstream: Upstream, path: str, request: Request, filters: dict[str, str]
 ) -> dict[str, Any]:
-    """One page of usage rows (newest first), the cursors around it and the filter's totals."""
+    """One page of usage rows (newest first), the cursors around it and the filter's totals
+    (the ledger's sums over every row of the filter, `<path>/totals`)."""
     cursor = request.query_params.get("cursor", "")
     params = {**filters, "limit": str(PAGE_SIZE)}
     if cursor:
         params["cursor"] = cursor
     page = await upstream.get("ledger", path, params)
-    requests, tokens, spent, shortfall = 0, 0, Decimal(0), Decimal(0)
-    next_cursor: str | None = None
-    complete = True
-    while True:
-        whole = await upstream.get(
-            "ledger",
-            path,
-            {**filters, "limit": "1000", **({"cursor": next_cursor} if next_cursor else {})},
-        )
-        for row in whole["rows"]:
-            requests += 1
-            spent += Decimal(row["credits"])
-            shortfall += Decimal(row["shortfall"])
-            tokens += row["input_tokens"] + row["cached_tokens"] + row["output_tokens"]
-        next_cursor = whole["next_cursor"]
-        if not next_cursor:
-            break
-        if requests >= TOTALS_MAX_ROWS:
-            complete = False
-            break
+    totals = await upstream.get("ledger", f"{path}/totals", filters)
     return {
         "rows": page["rows"],
         "next_cursor": page["next_cursor"],
         "cursor": cursor,
         "totals": {
-            "requests": requests,
-            "credits": spent,
-            "shortfall": shortfall,
-            "tokens": tokens,
+            "requests": totals["requests"],
+            "credits": Decimal(totals["credits"]),
+            "shortfall": Decimal(totals["shortfall"]),
+            "tokens": totals["input_tokens"] + totals["cached_tokens"] + totals["output_tokens"],
         },
-        "totals_complete": complete,
         "filters": filters,
         "query": urlencode(filters),
         "next_query": urlencode({**filters, "cursor": page["next_cursor"] or ""}),
     }
 
 
+def sessions_of(settings: ConsoleSettings) -> Sessions:
+    """The sessions of `CONSOLE_SESSION_SECRET`, or of a random secret of this process."""
+    configured = settings.tokens("console_session_secret")
+    if configured:
+        secret = configured[0].encode()
+    else:
+        LOG.warning(
+            "CONSOLE_SESSION_SECRET is not set: sessions use a random secret of this process, "
+            "so they end when it stops and other replicas cannot read them"
+        )
+        secret = secrets.token_bytes(32)
+    return Sessions(secret, settings.console_session_hours * 3600)
+
+
 def build_app(
     settings: ConsoleSettings, transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
+    sessions = sessions_of(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = settings.console_upstream_timeout_seconds
@@ -169,21 +196,49 @@ def build_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=NO_OPENTELEMETRY,
     )
+    app.add_middleware(BodyLimit, limits=settings.body_limits())
+    app.add_middleware(RequestMetrics, component="console")
+    metrics_access = MetricsAccess.of(settings)
+
+    def credential_of(request: Request) -> str:
+        """The signed-in credential of the request's session cookie (`""`: none valid)."""
+        return sessions.open(request.cookies.get(COOKIE))
 
     def upstream(request: Request) -> Upstream:
-        credential = request.cookies.get(COOKIE, "")
+        credential = credential_of(request)
         if not credential:
             raise SignedOut
         return Upstream(request.app.state.client, settings, credential)
 
+    def set_cookie(request: Request, response: Response, name: str, value: str) -> None:
+        """A cookie for this site's pages only: HttpOnly, SameSite=Strict, path `/`, and
+        Secure behind HTTPS (`CONSOLE_SECURE_COOKIE`, or a request that came over HTTPS)."""
+        response.set_cookie(
+            name,
+            value,
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=settings.console_secure_cookie or request.url.scheme == "https",
+        )
+
+    def csrf_nonce(request: Request) -> str | None:
+        nonce = request.cookies.get(CSRF_COOKIE, "")
+        return nonce if 0 < len(nonce) <= 100 else None
+
     def render(
         request: Request, template: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
+        """The page, with the CSRF token of its forms: made from the browser's CSRF cookie,
+        or from a new one, then sent as that cookie."""
         now = datetime.now(UTC).replace(microsecond=0)
-        credential = request.cookies.get(COOKIE, "")
+        credential = credential_of(request)
         context.setdefault("refresh", None)
-        return TEMPLATES.TemplateResponse(
+        nonce = csrf_nonce(request)
+        fresh = None if nonce else sessions.new_nonce()
+        answer = TEMPLATES.TemplateResponse(
             request,
             template,
             {
@@ -191,9 +246,31 @@ def build_app(
                 "countdown": lambda t: formatting.countdown(t, now),
                 "signed_in": bool(credential),
                 "member": credential.startswith(MEMBER_PREFIX),
+                "csrf_field": CSRF_FIELD,
+                "csrf_token": sessions.csrf_token(nonce or fresh or ""),
                 **context,
             },
             status_code=status_code,
+        )
+        if fresh:
+            set_cookie(request, answer, CSRF_COOKIE, fresh)
+        return answer
+
+    async def form_of(request: Request) -> dict[str, str]:
+        """The posted form's fields."""
+        return {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
+
+    def csrf_valid(request: Request, form: dict[str, str]) -> bool:
+        """Whether the form's CSRF token is the one made for the browser's CSRF cookie (not
+        a form of another site, nor one without a token)."""
+        return sessions.csrf_valid(csrf_nonce(request), form.get(CSRF_FIELD))
+
+    def forbidden(request: Request) -> HTMLResponse:
+        return render(
+            request,
+            "signin.html",
+            status_code=403,
+            message="This form has expired or was not sent from this console: try again.",
         )
 
     @app.exception_handler(SignedOut)
@@ -223,57 +300,77 @@ def build_app(
     async def readyz() -> dict[str, bool]:
         return {"ready": True}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics, private as every service's (METRICS_TOKEN, METRICS_PORT or
+        loopback only)."""
+        refused = metrics_access.refusal(request)
+        if refused is not None:
+            return refused
+        return Response(
+            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
+
     @app.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> Response:
-        credential = request.cookies.get(COOKIE, "")
-        if credential.startswith(MEMBER_PREFIX):
+        if credential_of(request).startswith(MEMBER_PREFIX):
             return RedirectResponse("/me", status_code=303)
         return render(request, "signin.html", message=None)
 
     @app.post("/signin", response_class=HTMLResponse)
     async def signin(request: Request) -> Response:
-        form = {k: v[0].strip() for k, v in parse_qs((await request.body()).decode()).items()}
+        form = await form_of(request)
         credential = form.get("credential", "")
         subscription_id = form.get("subscription_id", "")
+        kind = "member" if credential.startswith(MEMBER_PREFIX) else "team"
+        if not csrf_valid(request, form):
+            SIGNIN(kind, "forbidden").inc()
+            return forbidden(request)
+        if not credential or (kind == "team" and not subscription_id):
+            SIGNIN(kind, "incomplete").inc()
+            message = (
+                "A team token reads one subscription: give its id."
+                if credential
+                else "Give a team token or a member's API key."
+            )
+            return render(request, "signin.html", status_code=422, message=message)
         probe = Upstream(request.app.state.client, settings, credential)
         try:
-            if not credential:
-                raise SignedOut
-            if credential.startswith(MEMBER_PREFIX):
+            if kind == "member":
                 await probe.get("quota", "/v1/me")
                 target = "/me"
             else:
-                if not subscription_id:
-                    return render(
-                        request,
-                        "signin.html",
-                        status_code=422,
-                        message="A team token reads one subscription: give its id.",
-                    )
                 path = f"/v1/subscriptions/{quote(subscription_id, safe='')}/overview"
                 await probe.get("quota", path)
                 target = f"/subscriptions/{quote(subscription_id, safe='')}"
         except SignedOut:
+            SIGNIN(kind, "refused").inc()
             return render(
                 request, "signin.html", status_code=401, message="That credential was refused."
             )
         except NotFound:
+            SIGNIN(kind, "not_found").inc()
             return render(
                 request, "signin.html", status_code=404, message="Subscription not found."
             )
+        except BadFilter as error:  # an id the API cannot read (e.g. a control character)
+            SIGNIN(kind, "incomplete").inc()
+            return render(
+                request, "signin.html", status_code=422, message=f"Not a valid id: {error}"
+            )
+        except Unavailable:
+            SIGNIN(kind, "unavailable").inc()
+            raise
+        SIGNIN(kind, "success").inc()
         answer = RedirectResponse(target, status_code=303)
-        answer.set_cookie(
-            COOKIE,
-            credential,
-            httponly=True,
-            samesite="strict",
-            path="/",
-            secure=settings.console_secure_cookie,
-        )
+        set_cookie(request, answer, COOKIE, sessions.seal(credential))
+        set_cookie(request, answer, CSRF_COOKIE, sessions.new_nonce())  # a new one per session
         return answer
 
     @app.post("/signout")
-    async def signout() -> Response:
+    async def signout(request: Request) -> Response:
+        if not csrf_valid(request, await form_of(request)):
+            return forbidden(request)
         answer = RedirectResponse("/", status_code=303)
         answer.delete_cookie(COOKIE, path="/")
         return answer
@@ -348,10 +445,7 @@ def build_app(
             params=params,
             headers={"Authorization": f"Bearer {api.credential}"},
         )
-        try:
-            answer = await client.send(upstream_request, stream=True)
-        except httpx.HTTPError as error:
-            raise Unavailable(f"ledger did not answer: {type(error).__name__}") from None
+        answer = await call(client, "ledger", upstream_request, stream=True)
         if answer.status_code != 200:
             await answer.aclose()
             if answer.status_code == 401:
@@ -382,4 +476,6 @@ def serve() -> None:
     configure_logging(settings.log_level, "console")
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_after_graceful_stop)
+    if settings.metrics_port is not None:  # an internal port of its own (a thread)
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     uvicorn.run(build_app(settings), **server_options(settings))

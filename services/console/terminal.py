@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -150,7 +149,8 @@ def usage_command(
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Print a subscription's usage details, newest first, and their totals (the ledger's)."""
+    """Print a subscription's usage details, newest first, and the totals of the filter (the
+    ledger's sums over all its rows, not only those printed)."""
     filters = {
         k: v for k, v in {"from": from_, "to": to, "seat_id": seat, "model": model}.items() if v
     }
@@ -166,8 +166,9 @@ def usage_command(
         cursor = page["next_cursor"]
         if not cursor:
             break
+    totals = _get("ledger", f"{path}/totals", token, filters)
     if as_json:
-        typer.echo(json.dumps({"rows": rows, "next_cursor": cursor}))
+        typer.echo(json.dumps({"rows": rows, "next_cursor": cursor, "totals": totals}))
         return
     table = [
         [
@@ -183,6 +184,8 @@ def usage_command(
     header = ["time", "request", "seat", "model", "tokens", "credits"]
     for line in _table(header, table, {4, 5}):
         typer.echo(line)
-    total = sum((Decimal(r["credits"]) for r in rows), Decimal(0))
-    more = " (more: raise --limit)" if cursor else ""
-    typer.echo(f"{len(rows):,} requests, {formatting.credits(total)} credits{more}")
+    shown = f" (the newest {len(rows):,} shown: raise --limit for more)" if cursor else ""
+    typer.echo(
+        f"{totals['requests']:,} requests, {formatting.credits(totals['credits'])} credits "
+        f"for this filter{shown}"
+    )

@@ -1,4 +1,5 @@
-"""The ledger's HTTP API: quotes, usage details, monthly statements and fact lookups.
+"""The ledger's HTTP API: quotes, usage details and their totals, monthly statements and
+fact lookups.
 
 Every call needs a bearer token (the admin or the read token, or a team token for its own
 account's data: metering/scopes.py): the usage and statements are the team's data, and the
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ledger.lookup import LookupStore, parse_event_id
 from ledger.store import LedgerReads, UsageFilter
+from ledger.store import UsageTotals as Sums
 from ledger.usage import (
     BadCursor,
     csv_header,
@@ -53,6 +55,7 @@ from schemas.api import (
     Statement,
     UsagePage,
     UsageRow,
+    UsageTotals,
 )
 
 CSV_PAGE = 1000
@@ -155,6 +158,62 @@ def ledger_router(
         assert scope.subscription_id is not None
         return await _usage(request, scope, scope.subscription_id, scope.seat_id, query)
 
+    @router.get(
+        "/v1/subscriptions/{subscription_id}/usage/totals",
+        response_model=UsageTotals,
+        summary="Totals of the usage details: the sums over every row the filter selects",
+    )
+    async def usage_totals(
+        request: Request,
+        subscription_id: str,
+        scope: Scope = read_scope,
+        since: Annotated[datetime | None, Query(alias="from")] = None,
+        until: Annotated[datetime | None, Query(alias="to")] = None,
+        seat_id: str | None = None,
+        model: str | None = None,
+    ) -> Response:
+        """Requests, credits (and what paid them), shortfall and usage counts of every row
+        `GET /v1/subscriptions/{subscription_id}/usage` lists for the same filters, summed
+        by the database without reading the rows out."""
+        return await _totals(request, scope, subscription_id, seat_id, since, until, model)
+
+    @router.get(
+        "/v1/me/usage/totals",
+        response_model=UsageTotals,
+        summary="A member's own usage totals (with its API key)",
+    )
+    async def my_usage_totals(
+        request: Request,
+        scope: Scope = member_scope,
+        since: Annotated[datetime | None, Query(alias="from")] = None,
+        until: Annotated[datetime | None, Query(alias="to")] = None,
+        model: str | None = None,
+    ) -> Response:
+        """The totals of `GET /v1/me/usage` for the same filters: the caller's own seat."""
+        assert scope.subscription_id is not None
+        return await _totals(
+            request, scope, scope.subscription_id, scope.seat_id, since, until, model
+        )
+
+    async def _totals(
+        request: Request,
+        scope: Scope,
+        subscription_id: str,
+        seat_id: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        model: str | None,
+    ) -> Response:
+        where = _usage_filter(request, subscription_id, since, until, seat_id, model)
+        if isinstance(where, Response):
+            return where
+        async with pool().acquire() as conn:
+            account_id = await _account_of(conn, subscription_id)
+            if account_id is None or not scope.reads_seat(account_id, seat_id):
+                return _unknown_subscription(subscription_id)
+            sums = await LedgerReads(conn).usage_totals(where)
+        return Response(_totals_body(sums).model_dump_json(), media_type="application/json")
+
     async def _usage(
         request: Request,
         scope: Scope,
@@ -162,30 +221,16 @@ def ledger_router(
         seat_id: str | None,
         query: UsageQuery,
     ) -> Response:
-        since, until, model, cursor, limit, format = (
-            query.since,
-            query.until,
-            query.model,
-            query.cursor,
-            query.limit,
-            query.format,
+        cursor, limit, format = query.cursor, query.limit, query.format
+        where = _usage_filter(
+            request, subscription_id, query.since, query.until, seat_id, query.model
         )
-        since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
-        bounds: dict[str, datetime | None] = {"from": since, "to": until}
-        for name, value in bounds.items():
-            if value is None:
-                continue
-            if value.tzinfo is None:
-                return problem(422, "Invalid request", f"{name} must have a time zone")
-            try:
-                bounds[name] = in_utc(value)
-            except ValueError as error:
-                return problem(422, "Invalid request", f"{name}: {error}")
+        if isinstance(where, Response):
+            return where
         try:
             after = decode_cursor(cursor) if cursor else None
         except BadCursor as error:
             return problem(422, "Invalid request", str(error))
-        where = UsageFilter(subscription_id, bounds["from"], bounds["to"], seat_id, model)
         async with pool().acquire() as conn:
             account_id = await _account_of(conn, subscription_id)
             if account_id is None or not scope.reads_seat(account_id, seat_id):
@@ -321,6 +366,52 @@ async def _csv_pages(
         after = rows[-1].deducted_at, rows[-1].event_id
         async with pool().acquire() as conn:
             rows = await _deductions(conn, where, after, CSV_PAGE)
+
+
+def _usage_filter(
+    request: Request,
+    subscription_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    seat_id: str | None,
+    model: str | None,
+) -> UsageFilter | Response:
+    """The usage details' filter from the query, or the `422` problem of a bad one: a time
+    without a zone, outside years 1 to 9999 once in UTC, or a `from` later than `to`."""
+    since, until = _midnight_utc(request, "from", since), _midnight_utc(request, "to", until)
+    bounds: dict[str, datetime | None] = {"from": since, "to": until}
+    for name, value in bounds.items():
+        if value is None:
+            continue
+        if value.tzinfo is None:
+            return problem(422, "Invalid request", f"{name} must have a time zone")
+        try:
+            bounds[name] = in_utc(value)
+        except ValueError as error:
+            return problem(422, "Invalid request", f"{name}: {error}")
+    since, until = bounds["from"], bounds["to"]
+    if since is not None and until is not None and since > until:
+        return problem(
+            422,
+            "Inverted range",
+            f"from ({since.isoformat()}) is later than to ({until.isoformat()})",
+            code="inverted_range",
+        )
+    return UsageFilter(subscription_id, since, until, seat_id, model)
+
+
+def _totals_body(sums: Sums) -> UsageTotals:
+    return UsageTotals(
+        requests=sums.requests,
+        credits=credits(sums.price_micro),
+        seat_quota=credits(sums.seat_paid_micro),
+        shared_packs=credits(sums.packs_paid_micro),
+        shortfall=credits(sums.shortfall_micro),
+        input_tokens=sums.input_tokens,
+        cached_tokens=sums.cached_tokens,
+        output_tokens=sums.output_tokens,
+        images=sums.images,
+    )
 
 
 def _midnight_utc(request: Request, name: str, value: datetime | None) -> datetime | None:

@@ -1,9 +1,10 @@
 """Where the ledger's projection reads and writes: the `ledger_*` tables behind one Protocol.
 
 `LedgerStore` is everything the projection (services/ledger/projection.py) asks of storage
-within one batch's transaction; `PostgresLedgerStore` is it over an open connection (the
-consumer's transaction), and `MemoryLedgerStore` its in-memory twin for the policy's unit
-tests. tests/ledger_store_contract.py holds the one test class both must pass.
+within one batch's transaction, and the usage totals the API sums in the database;
+`PostgresLedgerStore` is it over an open connection (the consumer's transaction), and
+`MemoryLedgerStore` its in-memory twin for the policy's unit tests.
+tests/ledger_store_contract.py holds the one test class both must pass.
 
 The tables (metering/migrations/0003_ledger.sql and later):
 
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
 from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.state import AccountState
@@ -77,6 +79,76 @@ ENTRY_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class UsageFilter:
+    """Which deductions the usage details show: a subscription's, from `since` (inclusive)
+    to `until` (exclusive) by their usage's time, of one seat and one model if given."""
+
+    subscription_id: str
+    since: datetime | None
+    until: datetime | None
+    seat_id: str | None
+    model: str | None
+
+    def selects(self, entry: dict[str, Any]) -> bool:
+        """The twin of `_DEDUCTIONS` over a `ledger_entries` row (`ENTRY_COLUMNS`)."""
+        occurred_at: datetime = entry["occurred_at"]
+        return (
+            entry["event_type"] == "CreditsDeducted"
+            and entry["subscription_id"] == self.subscription_id
+            and (self.since is None or occurred_at >= self.since)
+            and (self.until is None or occurred_at < self.until)
+            and (self.seat_id is None or entry["seat_id"] == self.seat_id)
+            and (self.model is None or entry["model"] == self.model)
+        )
+
+
+USAGE_COUNTS = ("input_tokens", "cached_tokens", "output_tokens", "images")
+"""The usage counts the totals add up (from each deduction's body: its `payload.usage`)."""
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """The sums over the deductions of a `UsageFilter`: credits in micro-credits."""
+
+    requests: int = 0
+    price_micro: int = 0
+    seat_paid_micro: int = 0
+    packs_paid_micro: int = 0
+    shortfall_micro: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+
+
+_DEDUCTIONS = """
+WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
+  AND ($2::timestamptz IS NULL OR occurred_at >= $2)
+  AND ($3::timestamptz IS NULL OR occurred_at < $3)
+  AND ($4::text IS NULL OR seat_id = $4)
+  AND ($5::text IS NULL OR model = $5)
+"""
+"""The deductions of a `UsageFilter` ($1 to $5), for the usage details and their totals."""
+
+_USAGE_TOTALS = """
+SELECT count(*) AS requests,
+       coalesce(sum(price_micro), 0)::bigint AS price_micro,
+       coalesce(sum(seat_paid_micro), 0)::bigint AS seat_paid_micro,
+       coalesce(sum(packs_paid_micro), 0)::bigint AS packs_paid_micro,
+       coalesce(sum(shortfall_micro), 0)::bigint AS shortfall_micro,
+       coalesce(sum((body #>> '{payload,usage,input_tokens}')::bigint), 0)::bigint AS input_tokens,
+       coalesce(sum((body #>> '{payload,usage,cached_tokens}')::bigint), 0)::bigint
+           AS cached_tokens,
+       coalesce(sum((body #>> '{payload,usage,output_tokens}')::bigint), 0)::bigint
+           AS output_tokens,
+       coalesce(sum((body #>> '{payload,usage,images}')::bigint), 0)::bigint AS images
+FROM ledger_entries
+"""
+"""The sums of `UsageTotals`, in one pass over the deductions' index range (their counts
+from each body's `payload.usage`, as the usage rows show them)."""
+
+
 class StaleAccountState(RuntimeError):
     """An account's stored state changed under us (another writer): reload and retry."""
 
@@ -99,7 +171,8 @@ class AccountWrite:
 
 
 class LedgerStore(Protocol):
-    """What the ledger's projection reads and writes within one batch's transaction."""
+    """What the ledger's projection reads and writes within one batch's transaction (and
+    the usage totals the API sums where the entries are)."""
 
     async def archived(self, event_ids: Collection[str]) -> set[str]:
         """Which of `event_ids` the archive already holds."""
@@ -128,6 +201,9 @@ class LedgerStore(Protocol):
 
     async def subscription_account(self, subscription_id: str) -> str | None:
         """The account that holds a subscription (None: the ledger has not seen it)."""
+
+    async def usage_totals(self, where: UsageFilter) -> UsageTotals:
+        """The sums over every deduction `where` selects (the rows of the usage details)."""
 
 
 class PostgresLedgerStore:
@@ -233,6 +309,18 @@ class PostgresLedgerStore:
         )
         return account_id
 
+    async def usage_totals(self, where: UsageFilter) -> UsageTotals:
+        row = await self._conn.fetchrow(
+            f"{_USAGE_TOTALS} {_DEDUCTIONS}",
+            where.subscription_id,
+            where.since,
+            where.until,
+            where.seat_id,
+            where.model,
+        )
+        assert row is not None  # an aggregate without GROUP BY has one row
+        return UsageTotals(**dict(row))
+
 
 class ArchiveMonthMissing(RuntimeError):
     """An archive row's month has no partition (PostgreSQL refuses such a row too)."""
@@ -320,6 +408,18 @@ class MemoryLedgerStore:
     async def subscription_account(self, subscription_id: str) -> str | None:
         return self.subscriptions.get(subscription_id)
 
+    async def usage_totals(self, where: UsageFilter) -> UsageTotals:
+        rows = [e for e in self.entries if where.selects(e)]
+        usages = [orjson.loads(e["body"])["payload"]["usage"] for e in rows]
+        return UsageTotals(
+            requests=len(rows),
+            price_micro=sum(e["price_micro"] for e in rows),
+            seat_paid_micro=sum(e["seat_paid_micro"] for e in rows),
+            packs_paid_micro=sum(e["packs_paid_micro"] for e in rows),
+            shortfall_micro=sum(e["shortfall_micro"] for e in rows),
+            **{name: sum(u[name] for u in usages) for name in USAGE_COUNTS},
+        )
+
 
 def month_start(t: datetime) -> datetime:
     """The first instant (UTC) of `t`'s calendar month: its archive partition."""
@@ -328,15 +428,6 @@ def month_start(t: datetime) -> datetime:
 
 
 # -- reads: the API and the audit -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UsageFilter:
-    subscription_id: str
-    since: datetime | None
-    until: datetime | None
-    seat_id: str | None
-    model: str | None
 
 
 _IN_SCOPE = """
@@ -377,6 +468,9 @@ class LedgerReads:
     async def subscription_account(self, subscription_id: str) -> str | None:
         return await PostgresLedgerStore(self._conn).subscription_account(subscription_id)
 
+    async def usage_totals(self, where: UsageFilter) -> UsageTotals:
+        return await PostgresLedgerStore(self._conn).usage_totals(where)
+
     async def state_text(self, account_id: str) -> str | None:
         """An account's stored state (`snapshot_json`), without its request ids."""
         text: str | None = await self._conn.fetchval(
@@ -390,13 +484,8 @@ class LedgerReads:
         """The JSON bodies of the `CreditsDeducted` entries `where` selects, newest first,
         from after the (time, event id) `after`."""
         rows = await self._conn.fetch(
-            """
-            SELECT body::text AS body FROM ledger_entries
-            WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
-              AND ($2::timestamptz IS NULL OR occurred_at >= $2)
-              AND ($3::timestamptz IS NULL OR occurred_at < $3)
-              AND ($4::text IS NULL OR seat_id = $4)
-              AND ($5::text IS NULL OR model = $5)
+            f"""
+            SELECT body::text AS body FROM ledger_entries {_DEDUCTIONS}
               AND ($6::timestamptz IS NULL OR (occurred_at, event_id) < ($6, $7::uuid))
             ORDER BY occurred_at DESC, event_id DESC
             LIMIT $8

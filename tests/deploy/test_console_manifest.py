@@ -1,6 +1,8 @@
 """The console's Kubernetes component (deploy/k8s/components/console), rendered with the base
 by kustomize offline: valid objects, the console script, probes on its HTTP port, the three
-services' in-namespace URLs, no secret, and the same hardening as the services' pods."""
+services' in-namespace URLs, only its session secret and the metrics token from the operator's
+Secret, the same hardening as the services' pods, and both overlays including it (where
+tests/deploy/test_manifests.py checks it with everything else)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,16 @@ import pytest
 import yaml
 
 from console.settings import ConsoleSettings
-from tests.deploy.test_manifests import CONSOLE_SCRIPTS, K8S, KUBECTL, KUBERNETES_VERSION
+from tests.deploy.test_manifests import (
+    CONSOLE_SCRIPTS,
+    IMAGE_TAGS,
+    K8S,
+    KUBECTL,
+    KUBERNETES_VERSION,
+    OPERATOR_SECRET,
+    Render,
+    documented_secret_keys,
+)
 
 Obj = dict[str, Any]
 
@@ -68,22 +79,37 @@ def test_the_console_runs_its_script_with_probes_and_a_service(objects: list[Obj
     assert service["spec"]["ports"][0]["targetPort"] == "http"
 
 
-def test_the_console_reads_the_services_and_holds_no_secret(
+def test_the_console_reads_the_services_with_its_session_secret_and_the_metrics_token(
     objects: list[Obj], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     [container] = one(objects, "Deployment", "metering-console")["spec"]["template"]["spec"][
         "containers"
     ]
     env = {e["name"]: e for e in container["env"]}
-    assert all("value" in e for e in env.values()), "the console needs no secret"
+    secret = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items() if "valueFrom" in e}
+    assert {name: (ref["name"], ref["key"]) for name, ref in secret.items()} == {
+        "CONSOLE_SESSION_SECRET": (OPERATOR_SECRET, "console-session-secret"),
+        "METRICS_TOKEN": (OPERATOR_SECRET, "metrics-token"),
+    }, "no database, token or key: every page reads the APIs with the person's credential"
+    assert not any(ref.get("optional") for ref in secret.values())
+    assert {ref["key"] for ref in secret.values()} <= documented_secret_keys()
     for name in ("INGEST_URL", "LEDGER_URL", "QUOTA_URL"):
         service = env[name]["value"].removeprefix("http://")
         assert one(objects, "Service", service)
     for name, entry in env.items():
-        monkeypatch.setenv(name, entry["value"])
+        monkeypatch.setenv(name, entry.get("value", f"from the Secret: {name}"))
     settings = ConsoleSettings()
     assert settings.http_port == 8000
     assert settings.console_secure_cookie
+    assert settings.console_session_secret is not None
+    assert settings.metrics_token is not None
+
+
+@pytest.mark.parametrize("overlay", sorted(IMAGE_TAGS))
+def test_both_overlays_run_the_console(overlay: str) -> None:
+    rendered = Render(overlay)
+    assert rendered.get("Deployment", "metering-console")
+    assert rendered.get("NetworkPolicy", "metering-console")
 
 
 def test_the_console_pod_is_hardened(objects: list[Obj]) -> None:

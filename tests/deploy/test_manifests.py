@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from console.settings import ConsoleSettings, load_console_settings
 from metering.runtime import GRACEFUL_TIMEOUT
 from metering.settings import Settings, load_settings
 from metering.topics import EVENTS, USAGE_REPORTS, contract_topics
@@ -31,6 +32,7 @@ KUBECTL = ROOT / ".venv" / "bin" / "kustomize-kubectl"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 CONSOLE_SCRIPTS = set(PYPROJECT["project"]["scripts"])
 SETTINGS = {name.upper() for name in Settings.model_fields}
+CONSOLE_SETTINGS = {name.upper() for name in ConsoleSettings.model_fields}
 
 #: The image tag each overlay deploys: dev follows main, prod runs the released version.
 IMAGE_TAGS = {"dev": "dev", "prod": PYPROJECT["project"]["version"]}
@@ -68,6 +70,19 @@ SERVICES = {
     "ledger": Service("Deployment", "metering-ledger", "metering-ledger", BASE_SECRETS, EVENTS),
     "quota": Service("StatefulSet", "metering-quota", "metering-quota", KEYED_SECRETS, None),
 }
+CONSOLE = Service(
+    "Deployment",
+    "metering-console",
+    "metering-console",
+    frozenset({"CONSOLE_SESSION_SECRET", "METRICS_TOKEN"}),
+    None,
+)
+"""The console for people (components/console, in both overlays): it reads quota and the
+ledger over HTTP, and holds no database, broker or rate card."""
+CONSOLE_READS = ("ledger", "quota")
+"""The services whose APIs the console calls (services/console/app.py: `Upstream`)."""
+WORKLOADS = {**SERVICES, "console": CONSOLE}
+"""Everything serving HTTP on the image's port, with probes, a Service and /metrics."""
 
 
 @cache
@@ -101,7 +116,7 @@ class Render:
         return found[0]
 
     def workload(self, service: str) -> Obj:
-        return self.get(SERVICES[service].kind, SERVICES[service].name)
+        return self.get(WORKLOADS[service].kind, WORKLOADS[service].name)
 
     def pod_templates(self) -> list[Obj]:
         kinds = ("Deployment", "StatefulSet", "Job")
@@ -174,7 +189,7 @@ def test_builtin_kinds_match_the_kubernetes_schemas(rendered: Render) -> None:
 
 
 def test_each_service_runs_its_console_script(rendered: Render) -> None:
-    for service, spec in SERVICES.items():
+    for service, spec in WORKLOADS.items():
         assert container_of(rendered.workload(service))["command"] == [spec.script]
         assert spec.script in CONSOLE_SCRIPTS
     job = rendered.get("Job", "metering-migrate")
@@ -184,7 +199,7 @@ def test_each_service_runs_its_console_script(rendered: Render) -> None:
 
 def test_ports_probes_and_services_agree(rendered: Render) -> None:
     http_port = int(rendered.config()["HTTP_PORT"])
-    for service in SERVICES:
+    for service in WORKLOADS:
         workload = rendered.workload(service)
         container = container_of(workload)
         assert [port["containerPort"] for port in container["ports"]] == [http_port], service
@@ -207,7 +222,7 @@ def test_ports_probes_and_services_agree(rendered: Render) -> None:
     for svc in rendered.all("Service"):
         selected = [
             name
-            for name in SERVICES
+            for name in WORKLOADS
             if selects(
                 {"matchLabels": svc["spec"]["selector"]}, pod_labels(rendered.workload(name))
             )
@@ -232,27 +247,31 @@ def test_pods_run_as_non_root_on_a_read_only_root(rendered: Render) -> None:
 
 
 def test_pods_have_time_to_finish_their_batch(rendered: Render) -> None:
-    for service in SERVICES:
+    for service in WORKLOADS:
         spec = rendered.workload(service)["spec"]["template"]["spec"]
         pre_stop = container_of(rendered.workload(service))["lifecycle"]["preStop"]["exec"]
         assert pre_stop["command"][0] == "sleep", service
-        needed = int(pre_stop["command"][1]) + HTTP_DRAIN_SECONDS + GRACEFUL_TIMEOUT
+        batch = GRACEFUL_TIMEOUT if service in SERVICES else 0  # the console consumes nothing
+        needed = int(pre_stop["command"][1]) + HTTP_DRAIN_SECONDS + batch
         assert spec["terminationGracePeriodSeconds"] > needed, service
 
 
 def test_environment_is_valid_settings(rendered: Render, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every variable is a setting (POD_NAME aside: quota's group is made of it) and parses."""
+    """Every variable is a setting (POD_NAME aside: quota's group is made of it) and parses:
+    the console's are the console's settings."""
     for template in rendered.pod_templates():
         container = template["spec"]["containers"][0]
+        console = container["command"] == [CONSOLE.script]
+        known, load = (CONSOLE_SETTINGS, load_console_settings) if console else (SETTINGS, None)
         names = {var["name"] for var in container.get("env", [])}
         plain = rendered.plain_env(container)
-        unknown = (names | set(plain)) - SETTINGS - {"POD_NAME"}
+        unknown = (names | set(plain)) - known - {"POD_NAME"}
         assert not unknown, f"{container['name']}: not settings: {sorted(unknown)}"
-        for name in SETTINGS:
+        for name in CONSOLE_SETTINGS:
             monkeypatch.delenv(name, raising=False)
         for name, value in plain.items():
             monkeypatch.setenv(name, value)
-        load_settings()
+        (load or load_settings)()
 
 
 def test_references_name_rendered_or_documented_objects(rendered: Render) -> None:
@@ -278,7 +297,7 @@ def test_references_name_rendered_or_documented_objects(rendered: Render) -> Non
 
 
 def test_services_get_their_secrets_and_config(rendered: Render) -> None:
-    for service, spec in SERVICES.items():
+    for service, spec in WORKLOADS.items():
         container = container_of(rendered.workload(service))
         from_secret = {
             var["name"]
@@ -287,7 +306,24 @@ def test_services_get_their_secrets_and_config(rendered: Render) -> None:
             and not var["valueFrom"]["secretKeyRef"].get("optional", False)
         }
         assert spec.required_secrets <= from_secret, service
-        assert "KAFKA_BOOTSTRAP_SERVERS" in rendered.plain_env(container), service
+        if service in SERVICES:
+            assert "KAFKA_BOOTSTRAP_SERVERS" in rendered.plain_env(container), service
+
+
+def test_the_console_reads_the_services_and_is_published_securely(rendered: Render) -> None:
+    """Both overlays run the console, reading quota and the ledger through their Services,
+    with Secure cookies (it is published over HTTPS) and nothing of the database's."""
+    container = container_of(rendered.workload("console"))
+    env = rendered.plain_env(container)
+    for service in CONSOLE_READS:
+        host = env[f"{service.upper()}_URL"].removeprefix("http://")
+        fronting = rendered.get("Service", host)
+        assert selects(
+            {"matchLabels": fronting["spec"]["selector"]}, pod_labels(rendered.workload(service))
+        ), service
+    assert env["CONSOLE_SECURE_COOKIE"] == "true"
+    secrets = {v["name"] for v in container["env"] if "valueFrom" in v}
+    assert secrets == CONSOLE.required_secrets, "the console needs no database, token or key"
 
 
 def test_services_read_the_shipped_rate_card(rendered: Render) -> None:
@@ -353,7 +389,7 @@ def test_autoscalers_and_disruption_budgets(rendered: Render) -> None:
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         assert "replicas" not in rendered.get(*key)["spec"], f"{key}: the HPA owns replicas"
     budgets = rendered.all("PodDisruptionBudget")
-    for service in SERVICES:
+    for service in WORKLOADS:
         labels = pod_labels(rendered.workload(service))
         assert [pdb for pdb in budgets if selects(pdb["spec"]["selector"], labels)], service
 
@@ -366,7 +402,7 @@ def test_service_monitor_scrapes_every_service(rendered: Render) -> None:
         if selects(monitor["spec"]["selector"], svc["metadata"]["labels"])
     ]
     assert sorted(svc["metadata"]["name"] for svc in scraped) == sorted(
-        spec.name for spec in SERVICES.values()
+        spec.name for spec in WORKLOADS.values()
     )
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["path"] == "/metrics"
@@ -377,7 +413,7 @@ def test_service_monitor_scrapes_every_service(rendered: Render) -> None:
 def test_metrics_are_scraped_with_the_services_metrics_token(rendered: Render) -> None:
     """/metrics is private: Prometheus presents the same secret the services check."""
     [monitor] = rendered.all("ServiceMonitor")
-    for service in SERVICES:
+    for service in WORKLOADS:
         container = container_of(rendered.workload(service))
         [token] = [var for var in container["env"] if var["name"] == "METRICS_TOKEN"]
         secret = token["valueFrom"]["secretKeyRef"]
@@ -389,8 +425,7 @@ def test_metrics_are_scraped_with_the_services_metrics_token(rendered: Render) -
 
 
 def test_a_network_policy_admits_only_the_http_port_of_every_service(rendered: Render) -> None:
-    [policy] = rendered.all("NetworkPolicy")
-    spec = policy["spec"]
+    spec = rendered.get("NetworkPolicy", "metering-ingress")["spec"]
     assert spec["policyTypes"] == ["Ingress"]
     for service in SERVICES:
         workload = rendered.workload(service)
@@ -402,6 +437,46 @@ def test_a_network_policy_admits_only_the_http_port_of_every_service(rendered: R
         assert rule["from"], "an ingress rule without sources admits everyone"
         for source in rule["from"]:
             assert "ipBlock" not in source
+
+
+def test_the_consoles_network_policy_admits_people_and_prometheus_and_lets_it_reach_its_apis(
+    rendered: Render,
+) -> None:
+    """In: the console's HTTP port only, from labelled namespaces (the Ingress controller's,
+    monitoring), never an address block. Out: the HTTP port of the services it reads, each
+    of which admits pods of the namespace, and DNS; nothing else."""
+    policy = rendered.get("NetworkPolicy", "metering-console")["spec"]
+    console = rendered.workload("console")
+    assert selects(policy["podSelector"], pod_labels(console))
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    assert [p["name"] for p in container_of(console)["ports"]] == ["http"]
+    namespaces = set()
+    for rule in policy["ingress"]:
+        assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+        assert rule["from"], "an ingress rule without sources admits everyone"
+        for source in rule["from"]:
+            assert set(source) == {"namespaceSelector"}, source
+            namespaces.add(tuple(sorted(source["namespaceSelector"]["matchLabels"].items())))
+    assert (("kubernetes.io/metadata.name", "monitoring"),) in namespaces, "Prometheus"
+    assert (("metering.example/console-access", "true"),) in namespaces, "people"
+
+    [apis, dns] = policy["egress"]
+    assert apis["ports"] == [{"protocol": "TCP", "port": "http"}]
+    [destination] = apis["to"]
+    reached = [
+        name
+        for name in WORKLOADS
+        if selects(destination["podSelector"], pod_labels(rendered.workload(name)))
+    ]
+    assert sorted(reached) == sorted(CONSOLE_READS)
+    services_policy = rendered.get("NetworkPolicy", "metering-ingress")["spec"]
+    admitted = [source for rule in services_policy["ingress"] for source in rule["from"]]
+    assert {"podSelector": {}} in admitted, "the services admit the console's namespace"
+    for name in CONSOLE_READS:
+        assert selects(services_policy["podSelector"], pod_labels(rendered.workload(name)))
+    assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
+    [resolver] = dns["to"]
+    assert resolver["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
 
 
 def test_every_contract_topic_is_a_kafka_topic(rendered: Render) -> None:

@@ -31,7 +31,7 @@ GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "metering-prometheus.yaml"
 DASHBOARD_PROVIDERS = GRAFANA_DIR / "provisioning" / "dashboards" / "metering.yaml"
-SERVICE_APPS = ("ingest.app", "ledger.app", "quota.app")
+SERVICE_APPS = ("ingest.app", "ledger.app", "quota.app", "console.app")
 
 GRAFANA_INTERVALS = ("$__rate_interval", "$__range", "$__interval")
 _KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan"}
@@ -177,6 +177,8 @@ RUNBOOK_ALERTS = (
     "MeteringFactsRejectedByGuard",
     "MeteringPartitionStuck",
     "MeteringOffsetsPastEnd",
+    "MeteringConsoleAbsent",
+    "MeteringConsoleUpstreamErrors",
 )
 
 

@@ -151,12 +151,25 @@ async def team_token(ingest: httpx.AsyncClient, team: Team) -> str:
 def sign_in(browser: WebDriver, console: str, credential: str, subscription_id: str = "") -> None:
     browser.get(f"{console}/")
     if browser.find_elements(By.CSS_SELECTOR, "header form button"):
-        browser.find_element(By.CSS_SELECTOR, "header form button").click()
+        browser.find_element(By.CSS_SELECTOR, "header form button").click()  # sign out
+        wait_for(lambda: signed_out(browser), 10)
     browser.find_element(By.ID, "credential").send_keys(credential)
     if subscription_id:
         browser.find_element(By.ID, "subscription_id").send_keys(subscription_id)
     browser.find_element(By.ID, "signin").click()
     wait_for(lambda: not browser.current_url.endswith("/"), 10)
+
+
+def signed_out(browser: WebDriver) -> bool:
+    """The sign-in page has loaded without a sign-out button: the sign-out form (with its
+    CSRF token) was taken. Checked until the page that the form's answer loads is there."""
+    try:
+        return bool(
+            browser.find_elements(By.ID, "credential")
+            and not browser.find_elements(By.CSS_SELECTOR, "header form button")
+        )
+    except StaleElementReferenceException:
+        return False
 
 
 def in_page_fetch(browser: WebDriver, url: str) -> str:

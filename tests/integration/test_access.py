@@ -23,7 +23,8 @@ DEADLINE = 20.0
 REVOCATION_BOUND = 5.0
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/problems/{code}"}
 """Routes that hold no account's data: every other read route must check the scope."""
-MEMBER_ROUTES = {"/v1/me", "/v1/me/usage"}
+MEMBER_PREFIX = "/v1/me"
+"""Routes of a member's own seat (`/v1/me`, `/v1/me/usage`, ...), read with its own key only."""
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -190,7 +191,7 @@ def test_no_scope_reads_another_accounts_or_seats_data_on_any_read_route(
     for service in ("ledger", "quota"):
         client = clients[service]
         for path, required in read_routes(client):
-            if path in MEMBER_ROUTES:
+            if path == MEMBER_PREFIX or path.startswith(MEMBER_PREFIX + "/"):
                 continue
             own, other = url_of(path, required, a), url_of(path, required, b)
             assert client.get(own, headers=ADMIN).status_code == 200, (service, own)
@@ -202,13 +203,14 @@ def test_no_scope_reads_another_accounts_or_seats_data_on_any_read_route(
             for url in (own, other):
                 assert client.get(url, headers=member).status_code == 401, (service, url)
             checked += 1
-    assert checked >= 6  # ledger: usage, statement, event, request; quota: seat, overview
+    # ledger: usage, its totals, statement, event, request; quota: seat, overview
+    assert checked >= 7
 
 
 def test_a_member_reads_its_own_seat_and_usage_only(
     clients: dict[str, httpx.Client], teams: tuple[Team, Team]
 ) -> None:
-    a, _ = teams
+    a, b = teams
     me = clients["quota"].get("/v1/me", headers=bearer(a.api_key))
     assert me.status_code == 200, me.text
     assert me.json()["seat_id"] == a.seat_id
@@ -222,11 +224,29 @@ def test_a_member_reads_its_own_seat_and_usage_only(
     csv = clients["ledger"].get("/v1/me/usage?format=csv", headers=bearer(a.api_key))
     assert csv.status_code == 200
     assert a.request_id in csv.text
-    # The operator's and a team's tokens have no seat of their own.
+    totals = clients["ledger"].get("/v1/me/usage/totals", headers=bearer(a.api_key))
+    assert totals.status_code == 200, totals.text
+    assert (totals.json()["requests"], totals.json()["credits"]) == (1, "3.18")
+    # Every member route (enumerated from the OpenAPI documents): the member's own key reads
+    # it; the operator's and a team's tokens have no seat of their own.
     token = bearer(team_token(clients["ingest"], a.account_id)["token"])
-    for headers in (ADMIN, token, bearer("sk-tp-not-a-key")):
-        assert clients["quota"].get("/v1/me", headers=headers).status_code == 401
-        assert clients["ledger"].get("/v1/me/usage", headers=headers).status_code == 401
+    member_routes = [
+        (service, path)
+        for service in ("ledger", "quota")
+        for path, _ in read_routes(clients[service])
+        if path == MEMBER_PREFIX or path.startswith(MEMBER_PREFIX + "/")
+    ]
+    assert sorted(path for _, path in member_routes) == [
+        "/v1/me",
+        "/v1/me/usage",
+        "/v1/me/usage/totals",
+    ]
+    for service, path in member_routes:
+        own = clients[service].get(path, headers=bearer(a.api_key))
+        assert own.status_code == 200, (service, path, own.text)
+        assert b.seat_id not in own.text, (service, path)
+        for headers in (ADMIN, token, bearer("sk-tp-not-a-key")):
+            assert clients[service].get(path, headers=headers).status_code == 401, (service, path)
 
 
 def test_a_revoked_or_expired_team_token_stops_within_the_bound(

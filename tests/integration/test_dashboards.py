@@ -2,17 +2,21 @@
 real services after a short load through their public APIs.
 
 Prometheus (the binary deploy/prometheus/ensure-prometheus.sh installs) scrapes the session's
-three services every second and evaluates deploy/prometheus/metering-rules.yml. The load makes
-every event the panels show happen: plan commands new and repeated, usage accepted, repeated,
-conflicting and refused, a fact the ledger rejects, a seat exhausted into suspension with
-shortfall, a pack, authorize allowed and denied, a dead letter from the Kafka entry, and 503s
-from an extra ingest replica whose own broker is paused (the session's broker is never paused).
+three services and a console reading them every second and evaluates
+deploy/prometheus/metering-rules.yml. The load makes every event the panels show happen: plan
+commands new and repeated, usage accepted, repeated, conflicting and refused, a fact the ledger
+rejects, a seat exhausted into suspension with shortfall, a pack, authorize allowed and denied,
+a dead letter from the Kafka entry, and 503s from an extra ingest replica whose own broker is
+paused (the session's broker is never paused); on the console, sign-ins accepted, refused and
+without their CSRF token, a team's and a member's pages and a CSV, and pages of a second
+console whose ledger does not answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import signal
 import subprocess
 import time
@@ -29,7 +33,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from metering.dev import run_services, wait_until_ready
+from metering.dev import RunningService, run_services, wait_until_ready
 from metering.processes import die_with_parent, free_port, free_port_run, stop_process
 from metering.stack import Stack, start_stack
 from metering.topics import EVENTS, USAGE_REPORTS
@@ -46,7 +50,14 @@ from tests.deploy.test_rules import (
 )
 from tests.integration.test_ingest import team, usage
 from tests.integration.test_ingest_resilience import embedded_broker_process
-from tests.integration.test_quota import BIG_USAGE, authorize, make_team, status_is, until
+from tests.integration.test_quota import (
+    BIG_USAGE,
+    Team,
+    authorize,
+    make_team,
+    status_is,
+    until,
+)
 from tests.unit.event_builders import Facts
 
 pytestmark = pytest.mark.integration
@@ -129,8 +140,9 @@ def _host(url: str) -> str:
 # -- the load --------------------------------------------------------------------------------
 
 
-def drive_load(services: dict[str, str], stack: Stack) -> None:
-    """Make happen every event a panel or a rule counts, through the public APIs."""
+def drive_load(services: dict[str, str], stack: Stack) -> Team:
+    """Make happen every event a panel or a rule counts, through the public APIs; the team
+    it made."""
     with (
         httpx.Client(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest,
         httpx.Client(base_url=services["quota"], timeout=30) as quota,
@@ -172,6 +184,7 @@ def drive_load(services: dict[str, str], stack: Stack) -> None:
         assert len(deducted.json()["rows"]) == 466, deducted.text
 
     asyncio.run(_produce_around_ingest(stack, team.account))
+    return team
 
 
 async def _produce_around_ingest(stack: Stack, account: str) -> None:
@@ -190,6 +203,40 @@ async def _produce_around_ingest(stack: Stack, account: str) -> None:
         )
     finally:
         await producer.stop()
+
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
+
+
+def sign_in(person: httpx.Client, credential: str, subscription_id: str = "") -> httpx.Response:
+    """A person fills in the console's sign-in form (with the token the page carries)."""
+    found = CSRF.search(person.get("/").text)
+    assert found, "no CSRF token on the sign-in page"
+    form = {"credential": credential, "subscription_id": subscription_id, "csrf_token": found[1]}
+    return person.post("/signin", data=form)
+
+
+def drive_console(services: dict[str, str], console: str, ledgerless: str, team: Team) -> None:
+    """People using the console: sign-ins accepted, refused and without their CSRF token, a
+    team's pages and CSV, a member's page; and a console whose ledger does not answer."""
+    with httpx.Client(base_url=services["ingest"], headers=AUTH, timeout=30) as ingest:
+        issued = ingest.post(f"/v1/accounts/{team.account}/tokens", json={})
+        assert issued.status_code == 201, issued.text
+        token = issued.json()["token"]
+    sub = team.subscription
+    with httpx.Client(base_url=console, timeout=30) as person:
+        assert sign_in(person, "tt-not-a-token", sub).status_code == 401
+        forged = person.post("/signin", data={"credential": token, "subscription_id": sub})
+        assert forged.status_code == 403, forged.text
+        assert sign_in(person, token, sub).status_code == 303
+        for page in (f"/subscriptions/{sub}", f"/subscriptions/{sub}/usage?seat_id={team.seat(1)}"):
+            assert person.get(page).status_code == 200, page
+        assert person.get(f"/subscriptions/{sub}/usage.csv").status_code == 200
+        assert sign_in(person, team.key(2)).status_code == 303
+        assert person.get("/me").status_code == 200
+    with httpx.Client(base_url=ledgerless, timeout=30) as person:
+        assert sign_in(person, token, sub).status_code == 303  # quota answers
+        assert person.get(f"/subscriptions/{sub}/usage").status_code == 502
 
 
 def refuse_with_503(replica: str, stack: Stack) -> None:
@@ -280,6 +327,25 @@ def wait_for_scrapes(prometheus: str, targets: int, after: float) -> None:
         time.sleep(0.2)
 
 
+@contextmanager
+def consoles(services: dict[str, str], stack: Stack, tmp_path: Path) -> Iterator[list[str]]:
+    """Two consoles reading the session's services (`python -m console`, as `make run` starts
+    it): one whole, one whose LEDGER_URL is a port nobody listens on; their URLs."""
+    urls = {f"{name.upper()}_URL": url for name, url in services.items()}
+    nobody = f"http://127.0.0.1:{free_port()}"
+    port = free_port_run(2)
+    with (
+        run_services(stack, tmp_path / "whole", {**SECRETS, **urls}, port, ["console"]) as whole,
+        run_services(
+            stack, tmp_path / "ledgerless", {**SECRETS, **urls, "LEDGER_URL": nobody}, port + 1,
+            ["console"],
+        ) as ledgerless,
+    ):  # fmt: skip
+        running: list[RunningService] = [*whole, *ledgerless]
+        wait_until_ready(running)
+        yield [service.url for service in running]
+
+
 def test_every_panel_and_rule_has_data_after_a_short_load(
     services: dict[str, str], stack: Stack, tmp_path: Path
 ) -> None:
@@ -287,15 +353,18 @@ def test_every_panel_and_rule_has_data_after_a_short_load(
     with (
         start_stack(tmp_path / "outage", environ={}, docker_available=lambda: False) as outage,
         run_services(outage, tmp_path, SECRETS, free_port_run(1), names=["ingest"]) as replica,
+        consoles(services, stack, tmp_path) as (console, ledgerless),
     ):
         targets = {name: [_host(url)] for name, url in services.items()}
         targets["ingest"].append(_host(replica[0].url))
+        targets["console"] = [_host(console), _host(ledgerless)]
         with running_prometheus(binary, tmp_path, targets) as prometheus:
             # Prometheus counts no increase for a series it first sees above zero: each round
             # of load starts after a scrape, so the second one shows in every rate.
             for _ in range(2):
-                wait_for_scrapes(prometheus, len(services) + 1, time.time())
-                drive_load(services, stack)
+                wait_for_scrapes(prometheus, sum(map(len, targets.values())), time.time())
+                team = drive_load(services, stack)
+                drive_console(services, console, ledgerless, team)
             wait_until_ready(replica)
             refuse_with_503(replica[0].url, outage)
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -585,6 +586,26 @@ async def test_quote_usage_and_statement_over_http(
         assert (await client.get("/v1/subscriptions/nope/usage")).status_code == 404
         assert (await client.get(usage, headers={"Authorization": ""})).status_code == 401
 
+        # the totals of a filter: the sums of every row the list shows for it, all pages
+        totals = f"{usage}/totals"
+        for params in ({}, {"seat_id": "s2", "model": "glm-5"}, january, days, {"seat_id": "s1"}):
+            shown = (await client.get(usage, params={**params, "limit": 1000})).json()["rows"]
+            summed = await client.get(totals, params=params)
+            assert summed.status_code == 200, summed.text
+            assert summed.json() == sums_of(shown), params
+        assert (await client.get(totals)).json()["requests"] == len(deductions) > 3
+        assert (await client.get(totals)).json()["shared_packs"] == "1003.18"
+        nothing = (await client.get(totals, params={"seat_id": "s9"})).json()
+        assert (nothing["requests"], nothing["credits"]) == (0, "0")
+        assert (await client.get("/v1/subscriptions/nope/usage/totals")).status_code == 404
+        assert (await client.get(totals, headers={"Authorization": ""})).status_code == 401
+        inverted = {"from": "2026-02-10", "to": "2026-01-13"}
+        for path in (usage, totals):
+            refused = await client.get(path, params=inverted)
+            assert (refused.status_code, refused.json()["code"]) == (422, "inverted_range")
+            naive_too = await client.get(path, params={"to": "2026-01-13T00:00:00"})
+            assert naive_too.json()["detail"] == "to must have a time zone"
+
         statement = (
             await client.get("/v1/subscriptions/sub-1/statement", params={"month": "2026-01"})
         ).json()
@@ -618,6 +639,7 @@ async def test_quote_usage_and_statement_over_http(
         bad = [
             *[(usage, params) for params in extreme],
             *[(usage, {**params, "format": "csv"}) for params in extreme],
+            *[(totals, params) for params in extreme if "cursor" not in params],
             ("/v1/subscriptions/sub-1/statement", {"month": "9999-12"}),
             ("/v1/subscriptions/sub%00-1/usage", {}),
         ]
@@ -626,6 +648,27 @@ async def test_quote_usage_and_statement_over_http(
             assert 400 <= answer.status_code < 500, (path, params, answer.text)
             assert answer.headers["content-type"] == "application/problem+json", answer.text
             assert answer.json()["code"], answer.text
+
+
+def sums_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `GET …/usage/totals` must answer for a filter whose rows are `rows`."""
+
+    def credits(values: list[str]) -> str:
+        total = sum((Decimal(v) for v in values), Decimal(0))
+        return format(total.normalize(), "f") if total else "0"
+
+    paid = [p for row in rows for p in row["paid_from"]]
+    return {
+        "requests": len(rows),
+        "credits": credits([r["credits"] for r in rows]),
+        "seat_quota": credits([p["credits"] for p in paid if p["product"] == "seat_quota"]),
+        "shared_packs": credits([p["credits"] for p in paid if p["product"] == "shared_pack"]),
+        "shortfall": credits([r["shortfall"] for r in rows]),
+        **{
+            name: sum(r[name] for r in rows)
+            for name in ("input_tokens", "cached_tokens", "output_tokens", "images")
+        },
+    }
 
 
 def test_a_bad_rate_card_stops_the_ledger_with_its_message(stack: Stack, tmp_path: Path) -> None:
