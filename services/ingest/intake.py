@@ -32,7 +32,7 @@ from faststream.kafka import KafkaBroker
 from ingest import metrics
 from ingest.acceptance import AcceptanceLog, Claim, Claimed, Outcome, body_hash
 from ingest.directory import keys_of
-from ingest.rules import FieldProblem, UsageWindow, envelope, usage_problems, usage_recorded
+from ingest.rules import FieldProblem, UsageWindow, envelope, usage_envelope, usage_problems
 from metering.core.ratecard import RateCard
 from metering.db import Connection
 from metering.publishing import BrokerUnavailable, Outgoing, publish_all
@@ -154,7 +154,8 @@ class Intake:
                         answer.append(UsageResult("invalid", problems=problems))
                         continue
                     answer.append(None)
-                    digest = body_hash(report.model_dump(mode="json"))
+                    dumped = report.model_dump(mode="json")
+                    digest = body_hash(dumped)
                     event_id = usage_event_id(report.account_id, report.request_id, digest)
                     claims.append(
                         Claim(
@@ -163,13 +164,8 @@ class Intake:
                             body_hash=digest,
                             event_id=event_id,
                             account_id=report.account_id,
-                            envelope=envelope(
-                                "UsageRecorded",
-                                usage_recorded(report),
-                                event_id=event_id,
-                                account_id=report.account_id,
-                                occurred_at=report.occurred_at,
-                                recorded_at=now,
+                            envelope=usage_envelope(
+                                report, dumped, event_id=event_id, recorded_at=now
                             ),
                             response={},
                         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -18,7 +18,6 @@ from metering.core.pricing import UnpriceableUsage, price
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from schemas.api import UsageReport
 from schemas.base import SCHEMA_VERSION, Contract
-from schemas.facts import UsageRecorded
 
 
 @dataclass(frozen=True)
@@ -200,6 +199,27 @@ def envelope(
     )
 
 
-def usage_recorded(report: UsageReport) -> UsageRecorded:
-    """The event payload of a usage report: the report less what the envelope carries."""
-    return UsageRecorded.model_validate(report.model_dump(exclude={"account_id", "occurred_at"}))
+_CARRIED_BY_ENVELOPE = frozenset({"account_id", "occurred_at"})
+
+
+def usage_envelope(
+    report: UsageReport, dumped: dict[str, Any], *, event_id: uuid.UUID, recorded_at: datetime
+) -> bytes:
+    """The JSON of a report's `UsageRecorded` event; `dumped` is `report.model_dump(mode="json")`.
+
+    The payload is the report less what the envelope carries, taken from the one dump ingest
+    makes of each report (it digests the same dump): a validated report is not dumped,
+    validated again as a `UsageRecorded` and dumped a second time (issue 17). That it is
+    exactly `UsageRecorded`'s own JSON is tested (tests/unit/test_ingest_rules.py).
+    """
+    return orjson.dumps(
+        {
+            "event_id": str(event_id),
+            "event_type": "UsageRecorded",
+            "schema_version": SCHEMA_VERSION,
+            "occurred_at": report.occurred_at.isoformat(),
+            "recorded_at": recorded_at.isoformat(),
+            "account_id": report.account_id,
+            "payload": {k: v for k, v in dumped.items() if k not in _CARRIED_BY_ENVELOPE},
+        }
+    )

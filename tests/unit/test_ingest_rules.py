@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingest.directory import KeyRecord
-from ingest.rules import UsageWindow, envelope, usage_problems, usage_recorded
+from ingest.rules import UsageWindow, envelope, usage_envelope, usage_problems
 from metering.core.ratecard import load_rate_card
 from metering.settings import DEFAULT_RATE_CARD
 from schemas.api import UsageReport
 from schemas.envelope import parse_event
+from schemas.facts import UsageRecorded
 
 CARD = load_rate_card(DEFAULT_RATE_CARD)
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -123,13 +127,8 @@ def test_a_window_in_round_units_is_said_in_them() -> None:
 
 def test_the_envelope_parses_as_the_contract_says() -> None:
     usage = report(tool_calls={"web_search": 2}, client="cline")
-    raw = envelope(
-        "UsageRecorded",
-        usage_recorded(usage),
-        event_id=uuid.UUID(int=7),
-        account_id="acme",
-        occurred_at=usage.occurred_at,
-        recorded_at=NOW,
+    raw = usage_envelope(
+        usage, usage.model_dump(mode="json"), event_id=uuid.UUID(int=7), recorded_at=NOW
     )
     event = parse_event(raw)
     assert event.event_type == "UsageRecorded"
@@ -139,3 +138,38 @@ def test_the_envelope_parses_as_the_contract_says() -> None:
     assert event.payload.model_dump(exclude={"request_id"}) == usage.model_dump(
         exclude={"request_id", "account_id", "occurred_at"}
     )
+
+
+@given(
+    input_tokens=st.integers(0, 10**9),
+    cached_tokens=st.integers(0, 10**9),
+    thinking=st.booleans(),
+    tool_calls=st.dictionaries(st.sampled_from(["web_search", "code", "x-y.z"]), st.integers(0, 9)),
+    images=st.integers(0, 4),
+    client=st.one_of(st.none(), st.sampled_from(["cline", "cursor"])),
+    occurred_at=st.datetimes(
+        min_value=datetime(2001, 1, 1),
+        max_value=datetime(2098, 1, 1),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7, minutes=-30))]),
+    ),
+)
+def test_the_usage_envelope_is_the_contracts_own_json_of_the_report(**fields: Any) -> None:
+    """`usage_envelope` takes its payload from the report's dump: it is exactly what
+    validating the report as a `UsageRecorded` and dumping that would give."""
+    if fields["client"] is None:
+        del fields["client"]
+    usage = report(**fields)
+    raw = usage_envelope(
+        usage, usage.model_dump(mode="json"), event_id=uuid.UUID(int=7), recorded_at=NOW
+    )
+    recorded = UsageRecorded.model_validate(usage.model_dump(exclude={"account_id", "occurred_at"}))
+    reference = envelope(
+        "UsageRecorded",
+        recorded,
+        event_id=uuid.UUID(int=7),
+        account_id=usage.account_id,
+        occurred_at=usage.occurred_at,
+        recorded_at=NOW,
+    )
+    assert orjson.loads(raw) == orjson.loads(reference)
+    assert parse_event(raw) == parse_event(reference)
