@@ -144,8 +144,7 @@ class QuotaProjection:
         for account_id in batch.touched:
             self._due[account_id] = _DUE_NOW
         self._last_commit = time.monotonic()
-        now = self._clock()
-        self._report_utilization(batch.touched, now)
+        now = self._clock()  # utilization: the timer's round reports the touched accounts
         for recorded_at in batch.recorded:
             metrics.PROJECTION_LAG_SECONDS.observe(max(0.0, (now - recorded_at).total_seconds()))
         metrics.UNPARSEABLE_EVENTS.inc(batch.unparseable)
@@ -171,7 +170,9 @@ class QuotaProjection:
         async with self._lock:
             now = self._clock()
             notices: list[tuple[str, SeatStatusChanged]] = []
-            for account_id in [a for a, due in self._due.items() if due <= now]:
+            for n, account_id in enumerate([a for a, due in self._due.items() if due <= now]):
+                if n and not n % SLICE:
+                    await asyncio.sleep(0)  # let authorize answer
                 state = self.index.accounts.get(account_id)
                 following = None if state is None else next_status_change(state, now)
                 if following is None:
