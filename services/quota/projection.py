@@ -128,8 +128,6 @@ class QuotaProjection:
             if start:
                 await asyncio.sleep(0)  # let authorize answer between slices of the batch
             outgoing += [self._fold(record, batch) for record in records[start : start + SLICE]]
-        for account_id in batch.touched:
-            self.index.put(account_id, self.index.accounts[account_id])
         await self._store_accounts(store, batch.touched, batch.deducted)
         await store.store_statuses(batch.published)
         await store.add_outgoing([m for messages in outgoing for m in messages])
@@ -218,6 +216,10 @@ class QuotaProjection:
             self.index.put(account_id, state)
         self._partition_of[account_id] = record.partition
         changes = fold_event(state, event, self._card, self._published, batch)
+        if event.event_type != "UsageRecorded":
+            # a plan fact may add keys, seats or subscriptions: authorize knows them at once
+            # (a usage changes balances in place, which the index points to already)
+            self.index.put(account_id, state)
         return [self._message(change) for change in changes]
 
     def _message(self, envelope: SeatStatusChangedEvent) -> Outgoing:
