@@ -33,6 +33,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -129,6 +130,10 @@ def text(browser: WebDriver, css: str) -> str:
         try:
             return str(browser.find_element(By.CSS_SELECTOR, css).text)
         except (StaleElementReferenceException, NoSuchElementException):
+            time.sleep(0.1)
+        except WebDriverException as error:  # Chromium's word for the same race
+            if "does not belong to the document" not in str(error):
+                raise
             time.sleep(0.1)
     return str(browser.find_element(By.CSS_SELECTOR, css).text)
 
