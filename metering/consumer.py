@@ -194,9 +194,11 @@ class ProjectionConsumer(BackgroundLoop):
         max_records: int = 1000,
         stuck_after: StuckAfter = StuckAfter(),
         kafka_options: Mapping[str, Any] | None = None,
+        fetch_max_wait_ms: int = 20,
     ) -> None:
         super().__init__()
         self._kafka_options = dict(kafka_options or {})
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self.name = f"consume {topic}"
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
@@ -232,6 +234,7 @@ class ProjectionConsumer(BackgroundLoop):
             auto_offset_reset="earliest",
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
             **self._kafka_options,
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))

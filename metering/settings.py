@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         ge=1,
         description="failed batches in a row after which a consumed partition counts as stuck",
     )
+    projection_fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=500,
+        description="ledger and quota: the longest a fetch waits on the broker for new events "
+        "(a broker that answers a waiting fetch only when this passes, as the embedded one does, "
+        "adds up to this much to every event's way to authorize)",
+    )
     projection_stuck_after_seconds: float = Field(
         120.0,
         gt=0,
