@@ -194,7 +194,7 @@ class ProjectionConsumer(BackgroundLoop):
         max_records: int = 1000,
         stuck_after: StuckAfter = StuckAfter(),
         kafka_options: Mapping[str, Any] | None = None,
-        fetch_max_wait_ms: int = 20,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         super().__init__()
         self._kafka_options = dict(kafka_options or {})

@@ -100,12 +100,11 @@ class Settings(BaseSettings):
         description="failed batches in a row after which a consumed partition counts as stuck",
     )
     projection_fetch_max_wait_ms: int = Field(
-        20,
+        500,
         ge=1,
         le=500,
         description="ledger and quota: the longest a fetch waits on the broker for new events "
-        "(a broker that answers a waiting fetch only when this passes, as the embedded one does, "
-        "adds up to this much to every event's way to authorize)",
+        "(Kafka answers as soon as events arrive; the embedded broker only when this passes)",
     )
     projection_stuck_after_seconds: float = Field(
         120.0,
