@@ -208,7 +208,15 @@ async def test_console_in_a_browser(
             return body
 
         usage_url = f"{services['ledger']}/v1/subscriptions/{sub}/usage"
-        await eventually(lambda: api.get(usage_url), lambda a: len(a.json().get("rows", [])) == 2)
+        rows = await eventually(
+            lambda: api.get(usage_url), lambda a: len(a.json().get("rows", [])) == 2
+        )
+        charged = sum(Decimal(row["credits"]) for row in rows.json()["rows"])
+        # quota applies the same events on its own: wait until it shows both too
+        overview_url = f"{services['quota']}/v1/subscriptions/{sub}/overview"
+        await eventually(
+            lambda: api.get(overview_url), lambda a: Decimal(a.json().get("used", "0")) == charged
+        )
         shown = await overview()
         assert Decimal(shown["used"]) > 0
 

@@ -438,8 +438,11 @@ def _with_late_copies(
 async def test_sigkill_at_random_points_loses_and_doubles_nothing(
     env: IsolatedEnv, db: asyncpg.Connection
 ) -> None:
-    """Killed at least 10 times while it still had events to apply, then left to finish."""
-    load = make_load(env.name, accounts=60, usages_per_account=500, seed=5)
+    """Killed at least 10 times while it still had events to apply, then left to finish.
+
+    The load is large enough for a ledger that applies it several times faster than round
+    one's did (60,000 events): one that ran out of load first fails with that message."""
+    load = make_load(env.name, accounts=60, usages_per_account=1000, seed=5)
     total = len(load.messages)
     await produce(env.stack.kafka_bootstrap_servers, env.events_topic, load.messages)
     rng = random.Random(17)
@@ -448,6 +451,7 @@ async def test_sigkill_at_random_points_loses_and_doubles_nothing(
         assert incarnations < 25, "the load ran out before 10 kills landed in it"
         incarnations += 1
         before = await applied(db)
+        assert before < total, "the load ran out before 10 kills landed in it"
         process, _ = env.start("ledger")
 
         async def progressed(since: int = before) -> bool:
