@@ -42,7 +42,7 @@ typecheck: install
 pytest: install deploy-tools
 	$(BIN)/pytest
 
-## make bench: throughput, freshness, authorize, fold and replay on this machine (~9 min);
+## make bench: throughput, freshness, authorize, fold and replay on this machine (~7 min);
 ## writes bench/results.json, bench/summary.md and bench/throughput_latency.png
 bench: install
 	$(BIN)/metering bench --out bench
