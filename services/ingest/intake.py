@@ -5,10 +5,10 @@ A caller hears "accepted" only after the broker acknowledged the event (acks=all
 Usage reports are accepted in *rounds* (group commit): every report that arrives while a
 round is under way joins the next one, and a round is one transaction: look up the keys,
 claim every report under its account and request id, publish the new ones and wait for the
-broker's acknowledgements, then commit. A report's event id is derived from its account and
-request id (`usage_event_id`), so a report the broker took whose commit was then lost (a
-crash, a 503) is published again, by the caller's retry, under the same id, and consumers
-skip it. One write per report, no later update, one produce round for many requests.
+broker's acknowledgements, then commit. A report's event id is derived from its account,
+request id and body (`usage_event_id`), so a report the broker took whose commit was then
+lost (a crash, a 503) is published again, by the caller's retry, under the same id, and
+consumers skip it. One write per report, no later update, one produce round for many requests.
 
 Plan commands are claimed first (with their change to the directory), then published, then
 marked published; when the broker does not answer, the command stays claimed under its key

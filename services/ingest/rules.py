@@ -186,6 +186,20 @@ def envelope(
     recorded_at: datetime,
 ) -> bytes:
     """The JSON of a `metering.events.v1` message (the contract's envelope)."""
+    return _envelope_json(
+        event_type, payload.model_dump(mode="json"), event_id, account_id, occurred_at, recorded_at
+    )
+
+
+def _envelope_json(
+    event_type: str,
+    payload: dict[str, Any],
+    event_id: uuid.UUID,
+    account_id: str,
+    occurred_at: datetime,
+    recorded_at: datetime,
+) -> bytes:
+    """The envelope's layout, around a payload already in its JSON shape."""
     return orjson.dumps(
         {
             "event_id": str(event_id),
@@ -194,7 +208,7 @@ def envelope(
             "occurred_at": occurred_at.isoformat(),
             "recorded_at": recorded_at.isoformat(),
             "account_id": account_id,
-            "payload": payload.model_dump(mode="json"),
+            "payload": payload,
         }
     )
 
@@ -212,14 +226,7 @@ def usage_envelope(
     validated again as a `UsageRecorded` and dumped a second time (issue 17). That it is
     exactly `UsageRecorded`'s own JSON is tested (tests/unit/test_ingest_rules.py).
     """
-    return orjson.dumps(
-        {
-            "event_id": str(event_id),
-            "event_type": "UsageRecorded",
-            "schema_version": SCHEMA_VERSION,
-            "occurred_at": report.occurred_at.isoformat(),
-            "recorded_at": recorded_at.isoformat(),
-            "account_id": report.account_id,
-            "payload": {k: v for k, v in dumped.items() if k not in _CARRIED_BY_ENVELOPE},
-        }
+    payload = {k: v for k, v in dumped.items() if k not in _CARRIED_BY_ENVELOPE}
+    return _envelope_json(
+        "UsageRecorded", payload, event_id, report.account_id, report.occurred_at, recorded_at
     )
