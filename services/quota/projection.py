@@ -18,8 +18,9 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 from pydantic import ValidationError
@@ -44,9 +45,20 @@ log = logging.getLogger(__name__)
 _DUE_NOW = datetime.min.replace(tzinfo=UTC)
 
 SLICE = 64
-"""Records folded (or account states serialized) between two turns of the event loop: the
-HTTP API shares the loop, and a batch of a thousand records folded in one go (~30 ms) made
-authorize wait behind it (issue 17). A slice costs a few milliseconds."""
+"""Records folded, account states serialized or accounts looked at by the timer between two
+turns of the event loop: the HTTP API shares the loop, and a batch of a thousand records
+folded in one go (~30 ms) made authorize wait behind it (issue 17). A slice costs a few
+milliseconds."""
+
+T = TypeVar("T")
+
+
+async def _slices(items: Sequence[T]) -> AsyncIterator[Sequence[T]]:
+    """`items` in slices of `SLICE`, letting authorize answer between two slices."""
+    for start in range(0, len(items), SLICE):
+        if start:
+            await asyncio.sleep(0)
+        yield items[start : start + SLICE]
 
 
 class QuotaProjection:
@@ -124,10 +136,8 @@ class QuotaProjection:
                 await self._reload(store, record.partition)
             batch.next_offsets[record.partition] = record.offset + 1
         outgoing: list[list[Outgoing]] = []
-        for start in range(0, len(records), SLICE):
-            if start:
-                await asyncio.sleep(0)  # let authorize answer between slices of the batch
-            outgoing += [self._fold(record, batch) for record in records[start : start + SLICE]]
+        async for some in _slices(records):
+            outgoing += [self._fold(record, batch) for record in some]
         await self._store_accounts(store, batch.touched, batch.deducted)
         await store.store_statuses(batch.published)
         await store.add_outgoing([m for messages in outgoing for m in messages])
@@ -168,19 +178,18 @@ class QuotaProjection:
         async with self._lock:
             now = self._clock()
             notices: list[tuple[str, SeatStatusChanged]] = []
-            for n, account_id in enumerate([a for a, due in self._due.items() if due <= now]):
-                if n and not n % SLICE:
-                    await asyncio.sleep(0)  # let authorize answer
-                state = self.index.accounts.get(account_id)
-                following = None if state is None else next_status_change(state, now)
-                if following is None:
-                    del self._due[account_id]
-                else:
-                    self._due[account_id] = following
-                if state is not None:
-                    changes = status_changes(state, self._published, now)
-                    notices.extend((account_id, change) for change in changes)
-                    self._report_utilization([account_id], now)
+            async for some in _slices([a for a, due in self._due.items() if due <= now]):
+                for account_id in some:
+                    state = self.index.accounts.get(account_id)
+                    following = None if state is None else next_status_change(state, now)
+                    if following is None:
+                        del self._due[account_id]
+                    else:
+                        self._due[account_id] = following
+                    if state is not None:
+                        changes = status_changes(state, self._published, now)
+                        notices.extend((account_id, change) for change in changes)
+                        self._report_utilization([account_id], now)
             if not notices:
                 return 0
             published = {c.seat_id: (a, Published(c.status, c.reason)) for a, c in notices}
@@ -257,12 +266,10 @@ class QuotaProjection:
         added, to `quota_request_ids` (they only grow, and are most of a busy state)."""
         ordered = sorted(account_ids)
         rows: list[AccountRow] = []
-        for start in range(0, len(ordered), SLICE):
-            if start:
-                await asyncio.sleep(0)
+        async for some in _slices(ordered):
             rows += [
                 AccountRow(a, self._partition_of[a], snapshot_json(self.index.accounts[a]))
-                for a in ordered[start : start + SLICE]
+                for a in some
             ]
         await store.store_accounts(rows, deducted)
 
