@@ -3,7 +3,7 @@ PostgreSQL. (tests/integration/test_ledger.py runs the same projection for real.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -28,9 +28,14 @@ T0 = at("2026-01-10 09:00")
 class Ledger(Transactions[MemoryLedgerStore, LedgerProjection]):
     """A projection over a memory store, with the consumer's commit and rollback."""
 
-    def __init__(self, store: MemoryLedgerStore | None = None) -> None:
+    def __init__(
+        self,
+        store: MemoryLedgerStore | None = None,
+        publish_now: Callable[[Sequence[Outgoing]], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store or MemoryLedgerStore()
         self.tallies: list[Tally] = []
+        self.publish_now = publish_now
         self.projection = self.new_projection()
 
     def new_projection(self) -> LedgerProjection:
@@ -40,6 +45,7 @@ class Ledger(Transactions[MemoryLedgerStore, LedgerProjection]):
             on_commit=lambda: None,
             store=lambda _conn: self.store,
             on_tally=self.tallies.append,
+            publish_now=self.publish_now,
         )
 
     def state(self, account_id: str) -> Any:
@@ -170,22 +176,12 @@ class PublishingLedger(Ledger):
     def __init__(self, broker_up: bool = True) -> None:
         self.published: list[list[str]] = []
         self.broker_up = broker_up
-        super().__init__()
+        super().__init__(publish_now=self._publish)
 
-    def new_projection(self) -> LedgerProjection:
-        async def publish_now(messages: Sequence[Outgoing]) -> None:
-            if not self.broker_up:
-                raise BrokerUnavailable("the broker did not acknowledge")
-            self.published.append([m.value.decode() for m in messages])
-
-        return LedgerProjection(
-            DEFAULT_CARD,
-            TOPICS,
-            on_commit=lambda: None,
-            store=lambda _conn: self.store,
-            on_tally=self.tallies.append,
-            publish_now=publish_now,
-        )
+    async def _publish(self, messages: Sequence[Outgoing]) -> None:
+        if not self.broker_up:
+            raise BrokerUnavailable("the broker did not acknowledge")
+        self.published.append([m.value.decode() for m in messages])
 
 
 async def test_results_are_published_before_the_commit_and_not_written_to_the_outbox() -> None:
