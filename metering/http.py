@@ -431,9 +431,15 @@ def create_app(
         summary="Prometheus metrics (private: METRICS_TOKEN, METRICS_PORT or loopback only)",
     )
     async def metrics(request: Request) -> Response:
-        refused = metrics_access.refusal(request)
-        if refused is not None:
-            return refused
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return metrics_page(metrics_access, request)
 
     return app
+
+
+def metrics_page(access: MetricsAccess, request: Request) -> Response:
+    """`/metrics` as every service (and the console) serves it: refused unless `access`
+    allows the request, else the Prometheus exposition."""
+    refused = access.refusal(request)
+    if refused is not None:
+        return refused
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

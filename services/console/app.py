@@ -35,7 +35,7 @@ from console.metrics import SIGNIN, UPSTREAM_CALL, UPSTREAM_TIME, outcome
 from console.session import Sessions
 from console.settings import ConsoleSettings, load_console_settings
 from metering.edges import BodyLimit
-from metering.http import NO_OPENTELEMETRY, MetricsAccess, RequestMetrics
+from metering.http import NO_OPENTELEMETRY, MetricsAccess, RequestMetrics, metrics_page
 from metering.logs import configure_logging
 from metering.service import _exit_after_graceful_stop, server_options
 
@@ -304,12 +304,7 @@ def build_app(
     async def metrics(request: Request) -> Response:
         """Prometheus metrics, private as every service's (METRICS_TOKEN, METRICS_PORT or
         loopback only)."""
-        refused = metrics_access.refusal(request)
-        if refused is not None:
-            return refused
-        return Response(
-            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
-        )
+        return metrics_page(metrics_access, request)
 
     @app.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> Response:
