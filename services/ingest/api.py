@@ -70,7 +70,9 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def intake_of(request: Request) -> Intake:
+async def intake_of(request: Request) -> Intake:
+    """The app's intake. Async on purpose: FastAPI runs a plain `def` dependency in its
+    thread pool, a hand-off to another thread on every request (issue 17)."""
     intake: Intake = request.app.state.intake
     return intake
 
