@@ -18,8 +18,9 @@ from metering.core.state import AccountState
 
 
 def snapshot_json(state: AccountState) -> str:
-    """The state as a projection stores it: everything but its request ids."""
-    return orjson.dumps(state.to_dict(with_request_ids=False)).decode()
+    """The state as a projection stores it: everything but its request ids (the times
+    written by orjson, as `AccountState.to_dict` would write them, several times faster)."""
+    return orjson.dumps(state.to_dict(with_request_ids=False, times_as_text=False)).decode()
 
 
 def load_snapshot(text: str, request_ids: Iterable[tuple[str, datetime]] = ()) -> AccountState:

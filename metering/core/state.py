@@ -8,7 +8,7 @@ it for rollback and ``to_dict()``/``from_dict()`` persist it as JSON-able data.
 
 import copy
 from bisect import insort
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from heapq import heappop, heappush
@@ -182,19 +182,25 @@ class AccountState:
         """An independent copy, for adapters that may need to roll back."""
         return copy.deepcopy(self)
 
-    def to_dict(self, *, with_request_ids: bool = True) -> dict[str, Any]:
+    def to_dict(
+        self, *, with_request_ids: bool = True, times_as_text: bool = True
+    ) -> dict[str, Any]:
         """A JSON-able dict; ``from_dict(to_dict(s)) == s``.
 
         Without request ids it is the part that changes in place, the one projections
         rewrite each batch; the ids only grow, so they store them apart, adding the new ones.
+        With ``times_as_text=False`` the times stay ``datetime`` objects (UTC, as the fold
+        keeps them) for an encoder that writes them as ``isoformat()`` would, in C (orjson):
+        the projections write a snapshot per touched account per batch (issue 17).
         """
+        time = _time if times_as_text else _utc
         data: dict[str, Any] = {
             "format": STATE_FORMAT,
-            "clock": _time(self.clock),
-            "next_review": _time(self.next_review),
-            "keys": {key_id: _key_to_dict(key) for key_id, key in sorted(self.keys.items())},
+            "clock": time(self.clock),
+            "next_review": time(self.next_review),
+            "keys": {key_id: _key_to_dict(key, time) for key_id, key in sorted(self.keys.items())},
             "subscriptions": {
-                sub_id: _subscription_to_dict(sub)
+                sub_id: _subscription_to_dict(sub, time)
                 for sub_id, sub in sorted(self.subscriptions.items())
             },
         }
@@ -235,6 +241,16 @@ def _time(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """The time itself, in UTC (a no-op for the times the fold keeps)."""
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC)
+
+
+_Time = Callable[[datetime | None], str | datetime | None]
+
+
 def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -243,13 +259,13 @@ def _required_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def _key_to_dict(key: ApiKey) -> dict[str, Any]:
+def _key_to_dict(key: ApiKey, time: _Time) -> dict[str, Any]:
     return {
         "subscription_id": key.subscription_id,
         "seat_id": key.seat_id,
         "key_hash": key.key_hash,
-        "issued_at": _time(key.issued_at),
-        "revoked_at": _time(key.revoked_at),
+        "issued_at": time(key.issued_at),
+        "revoked_at": time(key.revoked_at),
     }
 
 
@@ -264,17 +280,19 @@ def _key_from_dict(key_id: str, data: dict[str, Any]) -> ApiKey:
     )
 
 
-def _subscription_to_dict(sub: Subscription) -> dict[str, Any]:
+def _subscription_to_dict(sub: Subscription, time: _Time) -> dict[str, Any]:
     return {
-        "started_at": _time(sub.started_at),
-        "expires_at": _time(sub.expires_at),
-        "cancelled_at": _time(sub.cancelled_at),
-        "seats": {seat_id: _seat_to_dict(seat) for seat_id, seat in sorted(sub.seats.items())},
+        "started_at": time(sub.started_at),
+        "expires_at": time(sub.expires_at),
+        "cancelled_at": time(sub.cancelled_at),
+        "seats": {
+            seat_id: _seat_to_dict(seat, time) for seat_id, seat in sorted(sub.seats.items())
+        },
         "packs": [
             {
                 "pack_id": pack.pack_id,
-                "purchased_at": _time(pack.purchased_at),
-                "expires_at": _time(pack.expires_at),
+                "purchased_at": time(pack.purchased_at),
+                "expires_at": time(pack.expires_at),
                 "used_micro": pack.used_micro,
                 "expired": pack.expired,
             }
@@ -303,13 +321,13 @@ def _subscription_from_dict(sub_id: str, data: dict[str, Any]) -> Subscription:
     )
 
 
-def _seat_to_dict(seat: Seat) -> dict[str, Any]:
+def _seat_to_dict(seat: Seat, time: _Time) -> dict[str, Any]:
     return {
         "member": seat.member,
-        "added_at": _time(seat.added_at),
+        "added_at": time(seat.added_at),
         "tiers": [[first, tier] for first, tier in seat.tiers],
         "used_micro": [[month, used] for month, used in sorted(seat.used_micro.items())],
-        "removed_at": _time(seat.removed_at),
+        "removed_at": time(seat.removed_at),
         "status": seat.status,
         "status_reason": seat.status_reason,
     }
