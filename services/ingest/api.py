@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from types import SimpleNamespace
+from typing import Annotated, Any, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest import directory
 from ingest.acceptance import Outcome
@@ -82,12 +85,15 @@ Id = Annotated[str, Path(pattern=IDENTIFIER_PATTERN)]
 """An id in the URL: the same rule as ids in bodies."""
 
 
+def reporter_guard(settings: Settings) -> Callable[..., Awaitable[None]]:
+    """Who may report usage: the admin token or the gateway's."""
+    return bearer_guard(settings.tokens("metering_admin_token", "metering_gateway_token"))
+
+
 def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRouter:
     """The routes; writes need the admin token, usage also takes the gateway's token."""
     admin = Depends(bearer_guard(settings.tokens("metering_admin_token")))
-    reporter = Depends(
-        bearer_guard(settings.tokens("metering_admin_token", "metering_gateway_token"))
-    )
+    reporter = Depends(reporter_guard(settings))
     router = APIRouter(prefix="/v1", responses=PROBLEMS)
 
     @router.post(
@@ -101,32 +107,18 @@ def build_router(settings: Settings, key_hash_secret: str, clock: Any) -> APIRou
         openapi_extra=_json_body(UsageReport),
     )
     async def post_usage(request: Request, intake: IntakeDep) -> Response:
-        [result] = await _accept_reports(intake, [await _json(request)])
-        if result.status == "invalid":
-            return _invalid(result.problems)
-        if result.status == "conflict":
-            return problem(
-                409, "Conflicting report", result.problems[0].message, code="conflicting_report"
-            )
-        body = UsageAccepted(event_id=str(result.event_id), duplicate=result.status == "duplicate")
-        return JSONResponse(body.model_dump(), status_code=200 if body.duplicate else 202)
+        return await answer_usage(request, intake)
 
     @router.post(
         "/usage/batch",
         dependencies=[reporter],
         tags=["usage"],
         summary=f"Report up to {MAX_BATCH} model calls; one result per report, in order",
+        response_model=UsageBatchResponse,
         openapi_extra=_json_body(UsageBatchRequest),
     )
-    async def post_usage_batch(request: Request, intake: IntakeDep) -> UsageBatchResponse:
-        document = await _json(request)
-        if not isinstance(document, dict) or set(document) != {"reports"}:
-            raise _BadBody('the body must be an object with one field, "reports"')
-        reports = document["reports"]
-        if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
-            raise _BadBody(f'"reports" must be a list of 1 to {MAX_BATCH} usage reports')
-        results = await _accept_reports(intake, reports)
-        return UsageBatchResponse.model_validate({"results": [_batch_item(r) for r in results]})
+    async def post_usage_batch(request: Request, intake: IntakeDep) -> Response:
+        return await answer_usage_batch(request, intake)
 
     skew = timedelta(seconds=settings.usage_max_future_skew_seconds)
     purchases = directory.PurchaseWindow(
@@ -391,6 +383,87 @@ def _plan_command(
 async def _plan(intake: Intake, command: PlanCommand) -> Response:
     """Accept a plan command and answer it as its fact's rule says."""
     return await _command_answer(intake, command, created=PLAN_RULES[type(command.payload)].created)
+
+
+async def answer_usage(request: Request, intake: Intake) -> Response:
+    """`POST /v1/usage`, once the caller's token is checked: the route and `UsageFastPath`
+    both answer with this."""
+    [result] = await _accept_reports(intake, [await _json(request)])
+    if result.status == "invalid":
+        return _invalid(result.problems)
+    if result.status == "conflict":
+        return problem(
+            409, "Conflicting report", result.problems[0].message, code="conflicting_report"
+        )
+    body = UsageAccepted(event_id=str(result.event_id), duplicate=result.status == "duplicate")
+    return JSONResponse(body.model_dump(), status_code=200 if body.duplicate else 202)
+
+
+async def answer_usage_batch(request: Request, intake: Intake) -> Response:
+    """`POST /v1/usage/batch`, once the caller's token is checked (the route and
+    `UsageFastPath`)."""
+    document = await _json(request)
+    if not isinstance(document, dict) or set(document) != {"reports"}:
+        raise _BadBody('the body must be an object with one field, "reports"')
+    reports = document["reports"]
+    if not isinstance(reports, list) or not 1 <= len(reports) <= MAX_BATCH:
+        raise _BadBody(f'"reports" must be a list of 1 to {MAX_BATCH} usage reports')
+    results = await _accept_reports(intake, reports)
+    answer = UsageBatchResponse.model_validate({"results": [_batch_item(r) for r in results]})
+    return JSONResponse(answer.model_dump(mode="json"))
+
+
+USAGE_ROUTES = {"/v1/usage": answer_usage, "/v1/usage/batch": answer_usage_batch}
+
+
+class UsageFastPath:
+    """Pure ASGI middleware answering `POST /v1/usage` and `/v1/usage/batch` before FastAPI's
+    routing, like quota's `AuthorizeFastPath`.
+
+    Every model call a gateway meters passes here; for a single report FastAPI's routing,
+    dependency solving and exception middleware cost about as much as accepting it (issue
+    17). It runs the routes' own guard and answer, and maps what they raise with the app's
+    own exception handlers, so it answers exactly as the documented routes do; any other
+    request goes on to FastAPI.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: Callable[[Request], Awaitable[None]],
+        intake: Callable[[], Intake],
+    ) -> None:
+        self.app = app
+        self.guard = guard
+        self.intake = intake
+        self.routes = {path: SimpleNamespace(path=path) for path in USAGE_ROUTES}
+        """What `RequestMetrics` reads the route template from, as from a matched route."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = USAGE_ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if answer is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.routes[scope["path"]]
+        request = Request(scope, receive)
+        try:
+            await self.guard(request)
+            response = await answer(request, self.intake())
+        except Exception as error:
+            response = await _handled(request, error)
+        await response(scope, receive, send)
+
+
+async def _handled(request: Request, error: Exception) -> Response:
+    """The answer the app's exception handlers give for `error` (re-raised when none does:
+    the server's error middleware then answers 500)."""
+    handlers = request.app.exception_handlers
+    for kind in type(error).__mro__:
+        handler = handlers.get(kind)
+        if handler is not None:
+            response = handler(request, error)
+            return cast(Response, await response if inspect.isawaitable(response) else response)
+    raise error
 
 
 async def _accept_reports(intake: Intake, documents: list[Any]) -> list[UsageResult]:

@@ -14,10 +14,11 @@ from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
+from starlette.middleware import Middleware
 
 from ingest import metrics
 from ingest.access import access_router
-from ingest.api import build_router, install_error_handlers
+from ingest.api import UsageFastPath, build_router, install_error_handlers, reporter_guard
 from ingest.intake import Intake
 from ingest.rules import UsageWindow
 from metering.deadletters import dead_letter
@@ -67,10 +68,12 @@ def build_app(settings: Settings) -> FastAPI:
         await _accept_records(intake, runtime, message.raw_message, settings.dlq_topic)
 
     batch_limit = {("POST", "/v1/usage/batch"): settings.max_batch_body_bytes}
+    fast_path = Middleware(UsageFastPath, guard=reporter_guard(settings), intake=lambda: intake)
     app = create_app(
         "ingest",
         runtime.lifespan,
         runtime.readiness,
+        hot_paths=[fast_path],
         body_limits=settings.body_limits(batch_limit),
         settings=settings,
     )
