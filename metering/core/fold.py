@@ -16,6 +16,8 @@ never raises: a fact that fails in any other way (a bug, an absurd value) is rej
 reason ``apply_failed`` and the account goes on (the guard; ingest refuses such facts first).
 """
 
+from __future__ import annotations  # a nested function's annotations cost a typing `|` per call
+
 import hashlib
 import uuid
 from collections.abc import Iterable
@@ -96,7 +98,7 @@ def apply(state: AccountState, event: FactEvent, card: RateCard) -> list[ResultE
     return out.results
 
 
-def _guarded(out: "_Results", error: Exception) -> None:
+def _guarded(out: _Results, error: Exception) -> None:
     """The fact failed in a way no rule foresaw: it becomes a rejection with its reason.
 
     What time had already brought (the review before the fact, even one that failed midway:
@@ -111,7 +113,7 @@ def _guarded(out: "_Results", error: Exception) -> None:
     out.rejected(_Rejected("apply_failed", detail[:500]))
 
 
-def _apply(state: AccountState, event: FactEvent, card: RateCard, out: "_Results") -> None:
+def _apply(state: AccountState, event: FactEvent, card: RateCard, out: _Results) -> None:
     recorded = event.recorded_at
     if (
         recorded.tzinfo is not UTC

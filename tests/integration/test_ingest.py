@@ -186,11 +186,14 @@ def test_batch_answers_each_report_in_order(ingest: httpx.Client) -> None:
     account = team(ingest)
     seen, new = usage(account, "seen"), usage(account, "new")
     ingest.post("/v1/usage", json=seen)
-    reports = [new, {"nonsense": 1}, seen, {**seen, "output_tokens": 7}, new]
+    changed = {**new, "output_tokens": 9}
+    reports = [new, {"nonsense": 1}, seen, {**seen, "output_tokens": 7}, new, changed]
     answer = ingest.post("/v1/usage/batch", json={"reports": reports})
     assert answer.status_code == 200
-    statuses = [r["status"] for r in answer.json()["results"]]
-    assert statuses == ["accepted", "invalid", "duplicate", "conflict", "duplicate"]
+    results = answer.json()["results"]
+    statuses = [r["status"] for r in results]
+    assert statuses == ["accepted", "invalid", "duplicate", "conflict", "duplicate", "conflict"]
+    assert results[4]["event_id"] == results[0]["event_id"]  # a repeat within the batch
     too_many = ingest.post("/v1/usage/batch", json={"reports": [usage(account, "x")] * 1001})
     assert too_many.status_code == 422
 
