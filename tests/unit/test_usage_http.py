@@ -23,6 +23,7 @@ from metering.http import Readiness, create_app
 from metering.publishing import BrokerUnavailable
 from metering.settings import load_settings
 from schemas.api import UsageReport
+from tests.unit.test_ingest_rules import report
 
 TOKEN = "gateway-token-" + "g" * 24
 SETTINGS = load_settings(
@@ -65,18 +66,7 @@ def ingest_app(intake: FakeIntake, *, fast_path: bool) -> FastAPI:
     return app
 
 
-REPORT = {
-    "request_id": "r-1",
-    "account_id": "acme",
-    "subscription_id": "sub-1",
-    "seat_id": "seat-1",
-    "key_id": "key-1",
-    "model": "qwen3.6-plus",
-    "occurred_at": "2026-03-01T12:00:00Z",
-    "input_tokens": 8349,
-    "cached_tokens": 40794,
-    "output_tokens": 573,
-}
+REPORT = report().model_dump(mode="json")
 INVALID = {**REPORT, "input_tokens": -1}
 
 
