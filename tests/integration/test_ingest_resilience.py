@@ -51,6 +51,9 @@ async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as client:
             account = await async_team(client, "outage")
             before, during, after = (usage(account, n) for n in ("before", "during", "after"))
+            seat_path = f"/v1/subscriptions/sub-{account}/seats"
+            seat = {"seat_id": f"seat2-{account}", "tier": "standard", "member": "bo"}
+            once = {"Idempotency-Key": f"seat2-{account}"}
             assert (await client.post("/v1/usage", json=before)).status_code == 202
             broker = embedded_broker_process(private_stack)
             broker.send_signal(signal.SIGSTOP)
@@ -61,11 +64,15 @@ async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
                 assert refused.headers["content-type"] == "application/problem+json"
                 batch = await client.post("/v1/usage/batch", json={"reports": [after]})
                 assert batch.status_code == 503
+                refused_seat = await client.post(seat_path, json=seat, headers=once)
+                assert refused_seat.status_code == 503, refused_seat.text
             finally:
                 broker.send_signal(signal.SIGCONT)
             retried = await client.post("/v1/usage", json=during)
             assert retried.status_code in (200, 202)
             assert (await client.post("/v1/usage", json=after)).status_code in (200, 202)
+            added = await client.post(seat_path, json=seat, headers=once)
+            assert added.status_code in (200, 201), added.text
 
     records = await read_until(
         private_stack.kafka_bootstrap_servers,
@@ -81,6 +88,17 @@ async def test_a_paused_broker_gets_503_and_nothing_is_half_accepted(
     # A report refused with 503 may still reach the log later, but only ever under one id.
     assert all(len(ids) == 1 for ids in ids_by_request.values())
     assert retried.json()["event_id"] in ids_by_request["during"]
+    # The plan command refused with 503 was stored: its retry and the relay publish it under
+    # the one id the retry answers with.
+    seat_facts = await read_until(
+        private_stack.kafka_bootstrap_servers,
+        EVENTS,
+        wanted=lambda r: r.key == account.encode() and b'"SeatAdded"' in (r.value or b""),
+        done=lambda found: len(found) >= 2,
+    )
+    added_ids = {parse_event(r.value or b"").event_id for r in seat_facts}
+    assert len(added_ids) == 2  # the team's first seat, and this one
+    assert added.json()["event_id"] in added_ids
 
 
 def test_duplicates_are_caught_across_replicas_and_restarts(

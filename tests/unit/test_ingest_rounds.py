@@ -37,9 +37,9 @@ class Recorder:
 async def test_requests_arriving_during_a_round_share_the_next_one() -> None:
     run = Recorder()
     rounds = Rounds(run, in_flight=1)
-    first = asyncio.ensure_future(rounds.submit(["r0"]))  # type: ignore[list-item]
+    first = asyncio.ensure_future(rounds.submit(["r0"]))
     await asyncio.sleep(0.001)  # its round is under way
-    later = [rounds.submit([f"r{n}"]) for n in range(1, 10)]  # type: ignore[list-item]
+    later = [rounds.submit([f"r{n}"]) for n in range(1, 10)]
     answers = await asyncio.gather(first, *later)
     assert [len(a) for a in answers] == [1] * 10
     # the first request has a round alone; the nine that came meanwhile share the next
@@ -52,7 +52,7 @@ async def test_at_most_in_flight_rounds_run_at_once() -> None:
     rounds = Rounds(run, in_flight=2)
     callers = []
     for _ in range(50):
-        callers.append(asyncio.ensure_future(rounds.submit(["r"])))  # type: ignore[list-item]
+        callers.append(asyncio.ensure_future(rounds.submit(["r"])))
         await asyncio.sleep(0.001)
     await asyncio.gather(*callers)
     assert run.most_running == 2
@@ -61,12 +61,12 @@ async def test_at_most_in_flight_rounds_run_at_once() -> None:
 
 async def test_a_round_takes_whole_requests_up_to_its_size() -> None:
     run = Recorder()
-    rounds = Rounds(run, in_flight=1, max_reports=5)
-    await asyncio.gather(*(rounds.submit(["a"] * 3) for _ in range(5)))  # type: ignore[list-item]
+    rounds = Rounds(run, in_flight=1, max_items=5)
+    await asyncio.gather(*(rounds.submit(["a"] * 3) for _ in range(5)))
     sizes = [sum(len(reports) for reports in r) for r in run.rounds]
     assert sizes == [3, 3, 3, 3, 3]  # never split, never two of 3 over 5
     big = Recorder()
-    await Rounds(big, in_flight=1, max_reports=5).submit(["a"] * 8)  # type: ignore[list-item]
+    await Rounds(big, in_flight=1, max_items=5).submit(["a"] * 8)
     assert [sum(len(reports) for reports in r) for r in big.rounds] == [8]
 
 
@@ -74,23 +74,23 @@ async def test_a_failing_round_fails_each_of_its_requests_and_later_rounds_go_on
     run = Recorder(fail=RuntimeError("broker down"))
     rounds = Rounds(run, in_flight=1)
     results = await asyncio.gather(
-        *(rounds.submit(["r"]) for _ in range(3)),  # type: ignore[list-item]
+        *(rounds.submit(["r"]) for _ in range(3)),
         return_exceptions=True,
     )
     assert all(isinstance(r, RuntimeError) for r in results)
     run.fail = None
-    assert await rounds.submit(["r"]) == [UsageResult("accepted")]  # type: ignore[list-item]
+    assert await rounds.submit(["r"]) == [UsageResult("accepted")]
 
 
 async def test_a_caller_that_goes_away_does_not_cancel_the_round() -> None:
     run = Recorder(pause=0.05)
     rounds = Rounds(run, in_flight=1)
-    caller = asyncio.ensure_future(rounds.submit(["gone"]))  # type: ignore[list-item]
+    caller = asyncio.ensure_future(rounds.submit(["gone"]))
     await asyncio.sleep(0.01)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert await rounds.submit(["next"]) == [UsageResult("accepted")]  # type: ignore[list-item]
+    assert await rounds.submit(["next"]) == [UsageResult("accepted")]
     assert run.rounds == [[["gone"]], [["next"]]]
 
 
