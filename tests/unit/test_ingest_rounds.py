@@ -94,6 +94,50 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_round() -> None:
     assert run.rounds == [[["gone"]], [["next"]]]
 
 
+async def test_a_lone_request_on_an_idle_service_does_not_wait() -> None:
+    run = Recorder(pause=0.05)
+    rounds = Rounds(run, in_flight=2, fill=100, linger=10.0)
+    caller = asyncio.ensure_future(rounds.submit(["r0"]))
+    await asyncio.sleep(0.001)
+    assert run.rounds == [[["r0"]]]  # under way at once, no linger with nothing else running
+    await asyncio.wait_for(caller, 1.0)
+
+
+async def test_while_a_round_is_under_way_the_next_one_waits_to_fill_up() -> None:
+    run = Recorder(pause=0.5)
+    rounds = Rounds(run, in_flight=2, fill=5, linger=10.0)
+    callers = [asyncio.ensure_future(rounds.submit(["r0"]))]
+    await asyncio.sleep(0.001)
+    callers += [asyncio.ensure_future(rounds.submit([f"r{n}"])) for n in range(1, 4)]
+    await asyncio.sleep(0.01)
+    assert len(run.rounds) == 1  # 3 waiting, fewer than 5: the second slot lingers
+    callers += [asyncio.ensure_future(rounds.submit(["r4", "r5"]))]
+    await asyncio.sleep(0.01)
+    assert [len(r) for r in run.rounds] == [1, 4]  # 5 reports wait: it goes at once
+    await asyncio.wait_for(asyncio.gather(*callers), 2.0)
+
+
+async def test_a_lingering_round_goes_when_the_round_under_way_ends() -> None:
+    run = Recorder(pause=0.02)
+    rounds = Rounds(run, in_flight=2, fill=100, linger=10.0)
+    first = asyncio.ensure_future(rounds.submit(["r0"]))
+    await asyncio.sleep(0.001)
+    later = [rounds.submit([f"r{n}"]) for n in range(1, 4)]
+    await asyncio.wait_for(asyncio.gather(first, *later), 2.0)  # not 10 s
+    assert [len(r) for r in run.rounds] == [1, 3]
+
+
+async def test_linger_bounds_the_wait_for_a_fuller_round() -> None:
+    run = Recorder(pause=1.0)
+    rounds = Rounds(run, in_flight=2, fill=100, linger=0.01)
+    callers = [asyncio.ensure_future(rounds.submit(["r0"]))]
+    await asyncio.sleep(0.001)
+    callers.append(asyncio.ensure_future(rounds.submit(["r1"])))
+    await asyncio.sleep(0.2)
+    assert run.rounds == [[["r0"]], [["r1"]]]  # the second went while the first still ran
+    await asyncio.wait_for(asyncio.gather(*callers), 3.0)
+
+
 def test_a_report_has_one_event_id_and_another_body_another() -> None:
     first = usage_event_id("acct", "req-1", b"\x01" * 32)
     assert first == usage_event_id("acct", "req-1", b"\x01" * 32)
