@@ -83,8 +83,9 @@ class BodyLimit:
 
         async def counted_receive() -> Message:
             nonlocal received
-            try:
-                message = await asyncio.wait_for(receive(), timeout)
+            try:  # a deadline on this task, not a task per message as `wait_for` makes
+                async with asyncio.timeout(timeout):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeout(timeout) from None
             if message["type"] == "http.request":

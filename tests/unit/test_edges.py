@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from starlette.types import Message, Receive, Scope, Send
 
+from metering.edges import BodyLimit, BodyLimits
 from metering.http import Readiness, create_app, problem_code
 from metering.metrics import PerSubscription
 from metering.problems import CATALOGUE, document
@@ -176,3 +180,70 @@ def test_every_problem_the_services_answer_is_in_the_catalogue() -> None:
     found |= {"bad_request", "method_not_allowed", "not_found", "body_too_large", "body_timeout"}
     missing = found - set(CATALOGUE)
     assert not missing, f"add these codes to metering/problems.py: {sorted(missing)}"
+
+
+def _body_reader(read: list[bytes]) -> Any:
+    """An ASGI app that reads the whole body, then answers 200 with its length."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            read.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = str(sum(map(len, read))).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def _post_scope() -> Scope:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/usage",
+        "query_string": b"",
+        "headers": [(b"transfer-encoding", b"chunked")],
+    }
+
+
+async def _call(limit: BodyLimit, pieces: list[tuple[float, bytes, bool]]) -> list[Message]:
+    """Run one request whose body arrives as `pieces` (delay before it, bytes, more to come);
+    after the last piece the client sends nothing more."""
+    queue = list(pieces)
+
+    async def receive() -> Message:
+        if not queue:
+            await asyncio.Event().wait()  # the client stalls for good
+        delay, body, more = queue.pop(0)
+        await asyncio.sleep(delay)
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await limit(_post_scope(), receive, send)
+    await asyncio.sleep(0)  # the request's task was not left cancelled by the body deadline
+    return sent
+
+
+async def test_a_body_that_stops_arriving_is_refused_with_408() -> None:
+    read: list[bytes] = []
+    limit = BodyLimit(_body_reader(read), BodyLimits(1000, idle_timeout=0.05))
+    sent = await asyncio.wait_for(_call(limit, [(0, b"{", True)]), 5)
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert b'"code":"body_timeout"' in sent[1]["body"]
+    assert read == [b"{"]
+
+
+async def test_a_slow_body_whose_pieces_each_come_in_time_is_read() -> None:
+    read: list[bytes] = []
+    limit = BodyLimit(_body_reader(read), BodyLimits(1000, idle_timeout=0.1))
+    pieces = [(0.04, b"x" * 10, True) for _ in range(5)] + [(0.04, b"y", False)]
+    sent = await asyncio.wait_for(_call(limit, pieces), 5)  # 0.24 s in all, > the timeout
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b"51"
