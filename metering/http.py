@@ -368,13 +368,16 @@ def create_app(
     hot_paths: Sequence[Middleware] = (),
     body_limits: BodyLimits | None = None,
     settings: Settings | None = None,
+    front: Callable[[ASGIApp, BodyLimits], ASGIApp] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the endpoints every service shares.
 
     `hot_paths` are pure ASGI middleware that answer their own few requests before FastAPI's
     routing (counted and timed like every other request, inside `RequestMetrics`), behind
-    `BodyLimit` (default: `settings.body_limits()`). `settings` also say who may read
-    `/metrics` and whether per-subscription series are kept.
+    `BodyLimit` (default: `settings.body_limits()`). `front`, given the rest of the app and
+    the body limits, makes the outermost layer: for a path that must skip even those
+    layers, and does their work itself. `settings` also say who may read `/metrics` and
+    whether per-subscription series are kept.
     """
     metrics_access = MetricsAccess.of(settings) if settings else MetricsAccess()
     if settings is not None:
@@ -399,8 +402,12 @@ def create_app(
         app.add_exception_handler(unavailable, _database_unavailable)
     for hot_path in reversed(hot_paths):  # each one added wraps those added before it
         app.add_middleware(hot_path.cls, *hot_path.args, **hot_path.kwargs)
-    app.add_middleware(BodyLimit, limits=body_limits or BodyLimits(DEFAULT_MAX_BODY_BYTES))
+    limits = body_limits or BodyLimits(DEFAULT_MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, limits=limits)
     app.add_middleware(RequestMetrics, component=service)
+    if front is not None:
+        build_stack = app.build_middleware_stack  # Starlette builds it on the first request
+        app.build_middleware_stack = lambda: front(build_stack(), limits)  # type: ignore[method-assign]
 
     @app.get(
         PROBLEM_TYPE_PREFIX + "{code}",

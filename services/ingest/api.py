@@ -418,7 +418,7 @@ USAGE_ROUTES = {"/v1/usage": answer_usage, "/v1/usage/batch": answer_usage_batch
 
 class UsageFastPath:
     """Pure ASGI middleware answering `POST /v1/usage` and `/v1/usage/batch` before FastAPI's
-    routing, like quota's `AuthorizeFastPath`.
+    routing (quota's `AuthorizeFront` goes further: it stands in front of every middleware).
 
     Every model call a gateway meters passes here; for a single report FastAPI's routing,
     dependency solving and exception middleware cost about as much as accepting it (issue

@@ -8,14 +8,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metering import scopes
 from metering.apikeys import key_hash
@@ -23,8 +23,17 @@ from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
 from metering.core.views import SeatView, SubscriptionView, seat_view, subscription_view
-from metering.edges import TrustedProxies
+from metering.edges import (
+    BodyLimits,
+    BodyTimeout,
+    BodyTooLarge,
+    TrustedProxies,
+    read_body,
+    refuse,
+    refused_before_reading,
+)
 from metering.http import problem, validation_problem
+from metering.metrics import HTTP_REQUEST_COUNT, HTTP_REQUEST_SECONDS
 from quota import metrics
 from quota.accounts import AccountIndex
 from quota.authorize import Decision, decide, key_holder, presented_key
@@ -62,7 +71,7 @@ def _schema(model: type[Contract]) -> dict[str, object]:
 class Authorizer:
     """Answers `POST /v1/authorize` from the account index, counting decisions and failed keys.
 
-    Shared by the FastAPI route (the documented operation) and `AuthorizeFastPath` (what
+    Shared by the FastAPI route (the documented operation) and `AuthorizeFront` (what
     serves it in production), so both give the same answer by construction.
     """
 
@@ -85,27 +94,27 @@ class Authorizer:
     def _hash_key(self, api_key: str) -> str:
         return key_hash(api_key, self._key_hash_secret)
 
-    async def respond(self, request: Request) -> Response:
+    async def respond(
+        self, authorization: str | None, body: Callable[[], Awaitable[bytes]], scope: Scope
+    ) -> Response:
         """The answer to one authorize request: the key is checked before the body is read,
         so a caller without a valid key never gets its body parsed (nor, past the body
         limit, read)."""
         started = time.perf_counter()
-        api_key = presented_key(request.headers.get("authorization"))
+        api_key = presented_key(authorization)
         now = self._clock()
         holder = key_holder(self._index, api_key, self._hash_key, now)
         if isinstance(holder, Decision):
             decision = holder
         else:
             try:
-                body = AuthorizeRequest.model_validate_json(await request.body())
+                request = AuthorizeRequest.model_validate_json(await body())
             except ValidationError as error:
                 return validation_problem(error)
-            decision = decide(holder, body, now, self._card)
+            decision = decide(holder, request, now, self._card)
         retry_after = None
         if decision.key_failed:
-            retry_after = self._limiter.failed(
-                self._proxies.of_scope(request.scope), time.monotonic()
-            )
+            retry_after = self._limiter.failed(self._proxies.of_scope(scope), time.monotonic())
         metrics.AUTHORIZE_SECONDS.observe(time.perf_counter() - started)
         if retry_after is not None:
             metrics.AUTHORIZE_DECISION("rate_limited", "too_many_failed_keys").inc()
@@ -115,28 +124,71 @@ class Authorizer:
         return _json(decision.status, decision.body)
 
 
-class AuthorizeFastPath:
-    """Pure ASGI middleware answering `POST /v1/authorize` before FastAPI's routing.
+class AuthorizeFront:
+    """The outermost ASGI layer of quota's app: answers `POST /v1/authorize` itself, ahead of
+    Starlette's error middleware, `RequestMetrics`, `BodyLimit` and FastAPI's routing, and
+    does for it inline what they would do: count and time it, refuse a body over its limit
+    (413) or too slow (408), answer an exception with 500.
 
-    Every model request of every member passes here, and FastAPI's routing, dependency
-    solving and body handling cost about twice the decision itself (`make bench`, (d)).
-    Invalid bodies get the same 422 problem as everywhere else; other requests go on.
+    Every model request of every member passes here, and those layers cost about as much as
+    the decision itself (~20 of ~50 µs in process, README step 15). A request `BodyLimit`
+    would refuse before reading (a NUL in the target, a declared length over the limit) goes
+    through them, and to the documented FastAPI route, which answers with the same
+    `Authorizer`; so do all other requests.
     """
 
-    route = SimpleNamespace(path=AUTHORIZE_PATH)
-    """What `RequestMetrics` reads the route template from, as it would a matched route."""
-
-    def __init__(self, app: ASGIApp, authorizer: Authorizer) -> None:
+    def __init__(self, app: ASGIApp, authorizer: Authorizer, limits: BodyLimits) -> None:
         self.app = app
         self.authorizer = authorizer
+        self.limit = limits.limit("POST", AUTHORIZE_PATH)
+        self.timeout = limits.idle_timeout
+        self.seconds = HTTP_REQUEST_SECONDS("quota", "POST", AUTHORIZE_PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != AUTHORIZE_PATH or scope["method"] != "POST":
+        if (
+            scope["type"] != "http"
+            or scope["path"] != AUTHORIZE_PATH
+            or scope["method"] != "POST"
+            or refused_before_reading(scope, self.limit) is not None
+        ):
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route
-        response = await self.authorizer.respond(Request(scope, receive))
-        await response(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        try:
+            limit, timeout = self.limit, self.timeout
+            response = await self.authorizer.respond(
+                authorization, lambda: read_body(receive, limit, timeout), scope
+            )
+        except (BodyTooLarge, BodyTimeout) as refused:
+            status = refused.status_code
+            await refuse(refused, scope, send)
+        except ClientDisconnect:
+            pass  # nobody to answer; counted as RequestMetrics counts it (500)
+        except Exception:
+            await _internal_error(scope, send)  # as Starlette's ServerErrorMiddleware
+            raise
+        else:
+            status = response.status_code
+            headers = response.raw_headers
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
+        finally:
+            HTTP_REQUEST_COUNT("quota", "POST", AUTHORIZE_PATH, status).inc()
+            self.seconds.observe(time.perf_counter() - started)
+
+
+async def _internal_error(scope: Scope, send: Send) -> None:
+    await PlainTextResponse("Internal Server Error", status_code=500)(scope, _gone, send)
+
+
+async def _gone() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def quota_router(
@@ -175,7 +227,9 @@ def quota_router(
         },
     )
     async def post_authorize(request: Request) -> Response:
-        return await authorizer.respond(request)
+        return await authorizer.respond(
+            request.headers.get("authorization"), request.body, request.scope
+        )
 
     @router.get(
         "/v1/seats/{seat_id}",

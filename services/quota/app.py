@@ -4,7 +4,7 @@ A `ProjectionConsumer` (group `QUOTA_CONSUMER_GROUP`) folds metering.events.v1 i
 in-memory `QuotaProjection` with the pure core, snapshotting each batch in PostgreSQL; an
 `OutboxRelay` publishes the seat statuses it decides to metering.seat-status.v1, and a
 `SeatStatusTimer` adds those that time alone changes. The HTTP API answers from memory,
-`POST /v1/authorize` through `AuthorizeFastPath`, ahead of FastAPI's routing.
+`POST /v1/authorize` through `AuthorizeFront`, ahead of every middleware and FastAPI's routing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 
 from metering.consumer import ProjectionConsumer, StuckAfter
 from metering.http import create_app
@@ -22,7 +21,7 @@ from metering.runtime import ServiceRuntime
 from metering.scopes import MEMBER_ONLY, ScopeResolver, scope_guard
 from metering.settings import Settings
 from quota import metrics
-from quota.api import AuthorizeFastPath, Authorizer, quota_router
+from quota.api import AuthorizeFront, Authorizer, quota_router
 from quota.projection import QuotaProjection
 from quota.ratelimit import FailedKeyLimiter
 from quota.store import OUTBOX
@@ -72,13 +71,12 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
     authorizer = Authorizer(
         projection.index, card, key_hash_secret, limiter, clock, settings.proxies()
     )
-    hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)]
     app = create_app(
         "quota",
         runtime.lifespan,
         runtime.readiness,
-        hot_paths=hot_paths,
         settings=settings,
+        front=lambda rest, limits: AuthorizeFront(rest, authorizer, limits),
     )
     resolver = ScopeResolver(
         settings.tokens("metering_admin_token", "metering_read_token"), pool, key_hash_secret

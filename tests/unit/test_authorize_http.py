@@ -1,8 +1,10 @@
-"""`POST /v1/authorize` over ASGI: the fast path answers byte for byte as the FastAPI route
-it bypasses (the documented operation), for every case of the decision table."""
+"""`POST /v1/authorize` over ASGI: the fast path (`AuthorizeFront`) answers byte for byte as
+the FastAPI route it bypasses (the documented operation), for every case of the decision
+table, and does the edge's work for it (metrics, body limit and timeout, 500)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -12,12 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from starlette.middleware import Middleware
+from prometheus_client import REGISTRY
+from starlette.types import Message
 
-from metering.edges import TrustedProxies
+from metering.edges import BodyLimits, TrustedProxies
 from metering.http import Readiness, create_app
 from metering.scopes import ScopeResolver, scope_guard
-from quota.api import AuthorizeFastPath, Authorizer, quota_router
+from quota.api import AuthorizeFront, Authorizer, quota_router
 from quota.ratelimit import FailedKeyLimiter
 from tests.unit.event_builders import DEFAULT_CARD
 from tests.unit.test_quota import CASES, DIRECTORY, NOW, SECRET
@@ -38,11 +41,12 @@ def quota_app(
     fast_path: bool,
     failed_keys_per_minute: int = 60,
     proxies: TrustedProxies | None = None,
+    body_limits: BodyLimits | None = None,
 ) -> FastAPI:
     limiter = FailedKeyLimiter(failed_keys_per_minute)
     authorizer = Authorizer(DIRECTORY, DEFAULT_CARD, SECRET, limiter, lambda: now, proxies)
-    hot_paths = [Middleware(AuthorizeFastPath, authorizer=authorizer)] if fast_path else []
-    app = create_app("quota", _no_lifespan, Readiness(), hot_paths=hot_paths)
+    front = (lambda rest, limits: AuthorizeFront(rest, authorizer, limits)) if fast_path else None
+    app = create_app("quota", _no_lifespan, Readiness(), front=front, body_limits=body_limits)
     reader = scope_guard(ScopeResolver(["t"], _no_database, hash_secret=None))
     app.include_router(quota_router(DIRECTORY, authorizer, lambda: now, reader))
     return app
@@ -196,3 +200,117 @@ async def test_the_key_is_checked_before_the_body_is_read() -> None:
         answer = await both(NOW, b"\x00 not JSON at all", key)
         assert answer.status_code == 401
         assert answer.json()["code"] == code
+
+
+def _answered(status: int) -> float:
+    """How many authorize requests `metering_http_requests_total` counts with `status`."""
+    labels = {"component": "quota", "method": "POST", "route": "/v1/authorize"}
+    value = REGISTRY.get_sample_value(
+        "metering_http_requests_total", {**labels, "status": str(status)}
+    )
+    return value or 0.0
+
+
+def _timed() -> float:
+    labels = {"component": "quota", "method": "POST", "route": "/v1/authorize"}
+    return REGISTRY.get_sample_value("metering_http_request_duration_seconds_count", labels) or 0.0
+
+
+async def test_the_front_counts_and_times_each_request_as_the_edge_does() -> None:
+    counted, timed = _answered(200), _timed()
+    answer = await post(
+        quota_app(NOW, fast_path=True), b'{"model": "qwen3.6-plus"}', "sk-tp-busy-2"
+    )
+    assert answer.status_code == 200
+    assert (_answered(200), _timed()) == (counted + 1, timed + 1)
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    yield body  # no Content-Length: the body is counted while it is read
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_over_the_limit_is_refused_as_the_edge_refuses_it(declared: bool) -> None:
+    body = b'{"model": "qwen3.6-plus", "client": "' + b"x" * 300 + b'"}'
+    answers = []
+    for fast_path in (True, False):
+        app = quota_app(NOW, fast_path=fast_path, body_limits=BodyLimits(100))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+            answers.append(
+                await client.post(
+                    "/v1/authorize",
+                    content=body if declared else _chunked(body),
+                    headers={"authorization": "Bearer sk-tp-packed-2"},
+                )
+            )
+    fast, routed = answers
+    assert (fast.status_code, fast.headers, fast.content) == (
+        routed.status_code,
+        routed.headers,
+        routed.content,
+    )
+    assert fast.status_code == 413
+    assert fast.json()["code"] == "body_too_large"
+
+
+async def test_a_nul_in_the_query_is_refused_as_the_edge_refuses_it() -> None:
+    transport = httpx.ASGITransport(app=quota_app(NOW, fast_path=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+        answer = await client.post(
+            "/v1/authorize?x=%00", content=b"{}", headers={"authorization": "Bearer k"}
+        )
+    assert answer.status_code == 400
+
+
+async def test_a_body_that_stops_arriving_is_refused_with_408_by_the_front() -> None:
+    app = quota_app(NOW, fast_path=True, body_limits=BodyLimits(1000, idle_timeout=0.05))
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if not sent and not stalled.is_set():
+            stalled.set()
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await asyncio.Event().wait()  # the client sends nothing more
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    stalled = asyncio.Event()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/authorize",
+        "raw_path": b"/v1/authorize",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", b"Bearer sk-tp-packed-2")],
+        "client": ("127.0.0.1", 4711),
+    }
+    counted = _answered(408)
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert b'"code":"body_timeout"' in sent[1]["body"]
+    assert _answered(408) == counted + 1
+
+
+async def test_an_error_behind_the_front_answers_500_and_is_counted() -> None:
+    app = quota_app(NOW, fast_path=True)
+
+    async def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    front = app.build_middleware_stack()  # the front, to reach its authorizer
+    assert isinstance(front, AuthorizeFront)
+    front.authorizer.respond = broken  # type: ignore[method-assign,assignment]
+    app.middleware_stack = front
+    counted = _answered(500)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://quota") as client:
+        answer = await client.post(
+            "/v1/authorize", content=b"{}", headers={"authorization": "Bearer sk-tp-packed-2"}
+        )
+    assert (answer.status_code, answer.text) == (500, "Internal Server Error")
+    assert _answered(500) == counted + 1
