@@ -158,14 +158,22 @@ def _has_nul(scope: Scope) -> bool:
     return "\x00" in scope["path"] or b"\x00" in query or b"%00" in query
 
 
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+def first_header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of the header `name` (lower case), as Starlette's `Headers.get`."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
     return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    declared = first_header(scope, b"content-length")
+    if declared is None:
+        return None
+    try:
+        return int(declared)
+    except ValueError:
+        return None
 
 
 async def refuse(error: HTTPException, scope: Scope, send: Send) -> None:
@@ -173,10 +181,11 @@ async def refuse(error: HTTPException, scope: Scope, send: Send) -> None:
     from metering.http import http_problem  # metering.http builds on this module
 
     response = http_problem(error)
-    await response(scope, _no_body, send)
+    await response(scope, no_body, send)
 
 
-async def _no_body() -> Message:
+async def no_body() -> Message:
+    """A `receive` for answering without reading the rest of the body."""
     return {"type": "http.disconnect"}
 
 

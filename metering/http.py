@@ -200,13 +200,14 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            HTTP_REQUEST_COUNT(self.component, method, template, status).inc()
-            HTTP_REQUEST_SECONDS(self.component, method, template).observe(
-                time.perf_counter() - started
-            )
+            template = getattr(scope.get("route"), "path", "unmatched")
+            record_request(self.component, scope["method"], template, status, started)
+
+
+def record_request(component: str, method: str, route: str, status: int, started: float) -> None:
+    """Count and time one answered request (`started`: its `time.perf_counter()`)."""
+    HTTP_REQUEST_COUNT(component, method, route, status).inc()
+    HTTP_REQUEST_SECONDS(component, method, route).observe(time.perf_counter() - started)
 
 
 def operation_id(route: APIRoute) -> str:

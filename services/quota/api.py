@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from metering import scopes
 from metering.apikeys import key_hash
@@ -28,12 +28,13 @@ from metering.edges import (
     BodyTimeout,
     BodyTooLarge,
     TrustedProxies,
+    first_header,
+    no_body,
     read_body,
     refuse,
     refused_before_reading,
 )
-from metering.http import problem, validation_problem
-from metering.metrics import HTTP_REQUEST_COUNT, HTTP_REQUEST_SECONDS
+from metering.http import problem, record_request, validation_problem
 from quota import metrics
 from quota.accounts import AccountIndex
 from quota.authorize import Decision, decide, key_holder, presented_key
@@ -142,7 +143,6 @@ class AuthorizeFront:
         self.authorizer = authorizer
         self.limit = limits.limit("POST", AUTHORIZE_PATH)
         self.timeout = limits.idle_timeout
-        self.seconds = HTTP_REQUEST_SECONDS("quota", "POST", AUTHORIZE_PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -155,15 +155,13 @@ class AuthorizeFront:
             return
         started = time.perf_counter()
         status = 500
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
+        authorization = first_header(scope, b"authorization")
         try:
             limit, timeout = self.limit, self.timeout
             response = await self.authorizer.respond(
-                authorization, lambda: read_body(receive, limit, timeout), scope
+                None if authorization is None else authorization.decode("latin-1"),
+                lambda: read_body(receive, limit, timeout),
+                scope,
             )
         except (BodyTooLarge, BodyTimeout) as refused:
             status = refused.status_code
@@ -179,16 +177,11 @@ class AuthorizeFront:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": response.body})
         finally:
-            HTTP_REQUEST_COUNT("quota", "POST", AUTHORIZE_PATH, status).inc()
-            self.seconds.observe(time.perf_counter() - started)
+            record_request("quota", "POST", AUTHORIZE_PATH, status, started)
 
 
 async def _internal_error(scope: Scope, send: Send) -> None:
-    await PlainTextResponse("Internal Server Error", status_code=500)(scope, _gone, send)
-
-
-async def _gone() -> Message:
-    return {"type": "http.disconnect"}
+    await PlainTextResponse("Internal Server Error", status_code=500)(scope, no_body, send)
 
 
 def quota_router(
