@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the pure core compiled with mypyc (metering/native_core.py); rebuilt when a source changes
+NATIVE := build/native-core/manifest.json
 
 .PHONY: install run test test-unit bench bench-gateway lint typecheck pytest deploy-tools schemas lock clean mutation
 
-install: $(STAMP)
+install: $(STAMP) $(NATIVE)
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required, found " + sys.version.split()[0])'
@@ -17,6 +19,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+$(NATIVE): $(STAMP) $(wildcard metering/core/*.py) metering/native_core.py
+	$(BIN)/python -m metering.native_core
 
 ## make run: the whole system on the embedded broker and database (Ctrl-C stops it);
 ## PORT=N puts the services on N, N+1, N+2; STATE_DIR=dir keeps state and logs there
@@ -31,6 +36,7 @@ test: lint typecheck pytest
 ## make test-unit: lint, types and the unit tests only (no broker, no database): the fast loop
 test-unit: lint typecheck
 	$(BIN)/pytest tests/unit
+	$(PURE_PASS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -39,8 +45,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# the unit tests again on the core's source, as `make mutation` and an edited checkout run it
+PURE_PASS = METERING_PURE_CORE=1 $(BIN)/pytest tests/unit -q
+
 pytest: install deploy-tools
 	$(BIN)/pytest
+	$(PURE_PASS)
 
 ## make bench: throughput, freshness, authorize, fold and replay on this machine (~7 min);
 ## writes bench/results.json, bench/summary.md and bench/throughput_latency.png
@@ -76,7 +86,7 @@ lock: install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache .hypothesis mutants build
 
 ## make bench-gateway: what the LiteLLM plugin adds per call (p50/p99, with and without the
 ## allow cache) and calls/s of one proxy worker with metering on; writes bench/gateway.json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+import metering.core
 from metering.logs import configure_logging
 from metering.settings import Settings, load_settings
 
@@ -20,6 +22,10 @@ def serve(service: str, build_app: Callable[[Settings], FastAPI]) -> None:
     """Run one service until SIGTERM/SIGINT; uvicorn drains requests, then the lifespan ends."""
     settings = load_settings()
     configure_logging(settings.log_level, service)
+    logging.getLogger("metering.service").info(
+        "core",
+        extra={"compiled": metering.core.NATIVE, "source_because": metering.core.PURE_REASON},
+    )
     # uvicorn drains, then re-raises the stop signal it caught: a finished stop exits with 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_after_graceful_stop)

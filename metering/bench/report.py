@@ -58,7 +58,17 @@ def machine() -> dict[str, Any]:
         "memory_gib": memory,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "core": core_build(),
     }
+
+
+def core_build() -> str:
+    """Which build of metering.core runs here (the services run the same checkout)."""
+    import metering.core
+
+    return (
+        "compiled with mypyc" if metering.core.NATIVE else f"source ({metering.core.PURE_REASON})"
+    )
 
 
 def git_commit() -> dict[str, Any]:
@@ -116,7 +126,8 @@ def summary(results: dict[str, Any]) -> str:
         "## Benchmarks (`make bench`)",
         "",
         f"{results['timestamp']}, commit {commit}: {m['cpu_count']} x {m['cpu_model']}, "
-        f"Python {m['python']}; broker {results['stack']['broker']}, "
+        f"Python {m['python']}, core {m.get('core', 'source')}; "
+        f"broker {results['stack']['broker']}, "
         f"database {results['stack']['database']}; {results['mode']} run, "
         f"{results['wall_seconds']:.0f} s in all. Everything (load generator, three services, "
         "broker, database) shares this machine.",

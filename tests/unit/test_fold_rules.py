@@ -16,6 +16,7 @@ from metering.core.money import MICRO
 from metering.core.state import AccountState
 from metering.core.views import PackView, SeatView, subscription_view
 from schemas.envelope import FACT_ADAPTER, FactEvent
+from tests.unit.core_variant import patches_the_core
 
 JAN31 = at("2026-01-31 10:00")
 
@@ -323,6 +324,7 @@ def test_overview_of_an_ended_plan_promises_no_reset(ending: str, status: str) -
 # -- the guard ---------------------------------------------------------------------------
 
 
+@patches_the_core
 def test_a_fact_that_fails_unexpectedly_is_rejected_and_the_fold_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

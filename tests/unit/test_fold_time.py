@@ -17,6 +17,7 @@ from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import apply, fold
 from metering.core.state import AccountState
 from metering.core.views import seat_view, subscription_view
+from tests.unit.core_variant import patches_the_core
 from tests.unit.event_builders import DEFAULT_CARD, Facts, at, payloads
 
 MINUTE = timedelta(minutes=1)
@@ -189,6 +190,7 @@ def test_a_usage_dearer_than_any_request_may_be_is_refused() -> None:
     assert [r.reason for r in payloads(results, "FactRejected")] == ["unpriceable_usage"]
 
 
+@patches_the_core
 def test_an_exception_in_a_rule_becomes_apply_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_args: object) -> None:
         raise OverflowError("value out of int64 range")
@@ -256,6 +258,7 @@ def test_request_ids_survive_a_reload_within_the_window() -> None:
     assert [r.reason for r in payloads(again, "FactRejected")] == ["duplicate_request_id"]
 
 
+@patches_the_core
 def test_a_review_that_fails_midway_keeps_what_it_reported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

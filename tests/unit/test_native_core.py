@@ -1,0 +1,117 @@
+"""The compiled core (metering/native_core.py): used only when current, and folding as the
+source does, result for result and state for state."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+import metering.core
+from metering import native_core
+from metering.bench.load import Reports, UsageMix, event_log, make_fleet
+from metering.core.fold import fold
+from metering.settings import load_settings
+from schemas.envelope import parse_event
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_tests_run_the_compiled_core_unless_told_not_to() -> None:
+    """`make install` builds it, so `make test` (and the bench) run the compiled core; only
+    the pure pass (METERING_PURE_CORE=1) runs the source."""
+    if os.environ.get(native_core.PURE_ENV):
+        assert not metering.core.NATIVE
+        assert metering.core.fold.__file__.endswith("fold.py")
+        return
+    assert metering.core.NATIVE, metering.core.PURE_REASON
+    assert metering.core.fold.__file__.startswith(str(native_core.BUILD_DIR))
+
+
+def test_a_build_is_used_only_for_the_sources_it_was_built_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(native_core.PURE_ENV, raising=False)
+    core, build = tmp_path / "core", tmp_path / "build"
+    build.mkdir()
+    shutil.copytree(native_core.CORE_DIR, core)
+    assert native_core.unusable(build, core) == "not built (make install builds it)"
+
+    platform = native_core.unusable.__globals__["_platform"]()
+    manifest = {"platform": platform, "sources": native_core.sources(core)}
+    (build / native_core.MANIFEST).write_text(json.dumps(manifest))
+    assert native_core.unusable(build, core) is None
+
+    (core / "fold.py").write_text((core / "fold.py").read_text() + "\n# an edited rule\n")
+    assert native_core.unusable(build, core) == (
+        "stale: fold changed since the build (make install rebuilds it)"
+    )
+
+    (build / native_core.MANIFEST).write_text(json.dumps({**manifest, "platform": "cp310"}))
+    assert native_core.unusable(build, native_core.CORE_DIR) == (
+        f"built for cp310, this is {platform}"
+    )
+
+    monkeypatch.setenv(native_core.PURE_ENV, "1")
+    assert native_core.unusable(build, core) == f"{native_core.PURE_ENV} is set"
+
+
+_PURE_FOLD = """
+import sys, orjson
+from metering.core import NATIVE
+from metering.core.fold import fold
+from metering.settings import load_settings
+from schemas.envelope import parse_event
+assert not NATIVE
+card = load_settings().rate_card()
+log = orjson.loads(open(sys.argv[1], "rb").read())
+out = {}
+for account, raws in log.items():
+    state, results = fold([parse_event(raw) for raw in raws], card)
+    out[account] = [state.to_dict(), [r.model_dump(mode="json") for r in results]]
+sys.stdout.buffer.write(orjson.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not metering.core.NATIVE, reason="no compiled core to compare")
+def test_the_compiled_core_folds_as_the_source_does(tmp_path: Path) -> None:
+    """A bench-like log (200 accounts, Zipf-skewed, packs for the busiest, suspensions and
+    month rollovers over 70 days), folded compiled here and from the source in a second
+    process: every result and every final state are the same."""
+    card = load_settings().rate_card()
+    rng = random.Random(17)
+    fleet = make_fleet("nat", 200, (1, 4), rng, 20_000)
+    started = datetime(2026, 1, 20, tzinfo=UTC)
+    reports = Reports(fleet, UsageMix(card, started, rng), "nat", rng)
+    log = event_log(fleet, reports, 20_000, started, timedelta(days=70))
+    path = tmp_path / "log.json"
+    path.write_bytes(orjson.dumps({a: [raw.decode() for raw in raws] for a, raws in log.items()}))
+
+    env = {**os.environ, native_core.PURE_ENV: "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'services'}"}
+    pure = subprocess.run(
+        [sys.executable, "-c", _PURE_FOLD, str(path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=240,
+    )
+    expected = orjson.loads(pure.stdout)
+
+    kinds: set[str] = set()
+    for account, raws in log.items():
+        state, results = fold([parse_event(raw) for raw in raws], card)
+        compiled = orjson.loads(
+            orjson.dumps([state.to_dict(), [r.model_dump(mode="json") for r in results]])
+        )
+        assert compiled == expected[account], account
+        kinds |= {r.event_type for r in results}
+    assert {"CreditsDeducted", "SeatStatusChanged", "PackExpired"} <= kinds
