@@ -81,14 +81,20 @@ class _Rejected(Exception):
         self.detail = detail
 
 
-def apply(state: AccountState, event: FactEvent, card: RateCard) -> list[ResultEvent]:
+def apply(
+    state: AccountState, event: FactEvent, card: RateCard, *, deductions: bool = True
+) -> list[ResultEvent]:
     """Apply one fact of the account to ``state`` in place and return its results, in order.
 
     ``apply`` owns ``state``: it mutates it and keeps no reference to the results. Take a
     ``state.snapshot()`` first if the caller may need to roll back. It never raises: see
     ``_guarded``.
+
+    With ``deductions=False`` a usage's ``CreditsDeducted`` is not built: the state changes
+    all the same and every other result keeps its id. Quota needs the state and the seat
+    statuses only, and building the deduction was most of its fold (issue 17).
     """
-    out = _Results(event)
+    out = _Results(event, deductions)
     try:
         _apply(state, event, card, out)
     except _Rejected as rejection:
@@ -108,7 +114,8 @@ def _guarded(out: _Results, error: Exception) -> None:
     ledger, in quota and in a replay.
     """
     if out.fact_started is not None:
-        del out.results[out.fact_started :]
+        kept, out.left_out = out.fact_started
+        del out.results[kept:]
     detail = f"{type(error).__name__}: {error}"
     out.rejected(_Rejected("apply_failed", detail[:500]))
 
@@ -125,7 +132,7 @@ def _apply(state: AccountState, event: FactEvent, card: RateCard, out: _Results)
             state.forget_requests()
     if state.next_review is not None and state.clock >= state.next_review:
         _review(state, out, None)
-    out.fact_started = len(out.results)
+    out.fact_started = (len(out.results), out.left_out)
     t = event.occurred_at
     if t.tzinfo is not UTC:
         t = t.astimezone(UTC)
@@ -163,20 +170,23 @@ _UUID_VARIANT = {f"{n:x}": f"{8 | (n & 3):x}" for n in range(16)}
 class _Results:
     """The results of one fact, enveloped with derived ids and the fact's recorded_at."""
 
-    __slots__ = ("event", "fact_started", "results")
+    __slots__ = ("deductions", "event", "fact_started", "left_out", "results")
 
-    def __init__(self, event: FactEvent) -> None:
+    def __init__(self, event: FactEvent, deductions: bool) -> None:
         self.event = event
+        self.deductions = deductions
         self.results: list[ResultEvent] = []
-        self.fact_started: int | None = None
-        """How many results time had brought before the fact itself was applied."""
+        self.left_out = 0
+        """Results not built (``deductions=False``): each keeps its place in the ids."""
+        self.fact_started: tuple[int, int] | None = None
+        """``(len(results), left_out)`` once time's results were in, before the fact's own."""
 
     def emit(self, envelope: Any, payload: Contract, occurred_at: datetime) -> None:
         """Append ``envelope`` (one of the result envelope classes) around ``payload``."""
         event = self.event
         self.results.append(
             envelope.trusted(
-                event_id=derived_event_id(event.event_id, len(self.results)),
+                event_id=derived_event_id(event.event_id, len(self.results) + self.left_out),
                 event_type=type(payload).__name__,
                 schema_version=SCHEMA_VERSION,
                 occurred_at=occurred_at,
@@ -238,35 +248,38 @@ def _record_usage(
         receipt.append({"bucket": "seat", "bucket_id": bucket_id, "amount_micro": paid})
     due, shared_left, drained_pack = _draw_from_packs(sub, t, due, receipt)
 
-    deducted = CreditsDeducted.trusted(
-        request_id=usage.request_id,
-        usage_event_id=out.event.event_id,
-        subscription_id=sub.subscription_id,
-        seat_id=seat.seat_id,
-        key_id=usage.key_id,
-        model=usage.model,
-        tier=tier,
-        price_micro=quote.total_micro,
-        components=quote.components,
-        rate_card_version=quote.rate_card_version,
-        coefficient=quote.coefficient,
-        receipt=receipt,
-        shortfall_micro=due,
-        seat_remaining_micro=seat_left,
-        shared_remaining_micro=shared_left,
-        seat_month_start=start,
-        seat_month_end=end,
-        usage={
-            "input_tokens": usage.input_tokens,
-            "cached_tokens": usage.cached_tokens,
-            "output_tokens": usage.output_tokens,
-            "thinking": usage.thinking,
-            "tool_calls": usage.tool_calls,
-            "images": usage.images,
-            "client": usage.client,
-        },
-    )
-    out.emit(CreditsDeductedEvent, deducted, t)
+    if not out.deductions:
+        out.left_out += 1
+    else:
+        deducted = CreditsDeducted.trusted(
+            request_id=usage.request_id,
+            usage_event_id=out.event.event_id,
+            subscription_id=sub.subscription_id,
+            seat_id=seat.seat_id,
+            key_id=usage.key_id,
+            model=usage.model,
+            tier=tier,
+            price_micro=quote.total_micro,
+            components=quote.components,
+            rate_card_version=quote.rate_card_version,
+            coefficient=quote.coefficient,
+            receipt=receipt,
+            shortfall_micro=due,
+            seat_remaining_micro=seat_left,
+            shared_remaining_micro=shared_left,
+            seat_month_start=start,
+            seat_month_end=end,
+            usage={
+                "input_tokens": usage.input_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "output_tokens": usage.output_tokens,
+                "thinking": usage.thinking,
+                "tool_calls": usage.tool_calls,
+                "images": usage.images,
+                "client": usage.client,
+            },
+        )
+        out.emit(CreditsDeductedEvent, deducted, t)
 
     clock = state.clock
     assert clock is not None

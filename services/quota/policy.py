@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import apply
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
 from quota.seat_status import Published
 from quota.store import Deducted, SeatStatuses
-from schemas.envelope import FactEvent, SeatStatusChangedEvent
+from schemas.envelope import FactEvent, ResultEvent, SeatStatusChangedEvent
+from schemas.facts import UsageRecorded
 
 
 @dataclass
@@ -51,11 +51,15 @@ def fold_event(
     batch.touched.add(account_id)
     batch.recorded.append(event.recorded_at)
     to_publish = []
-    for result in apply(state, event, card):
-        if result.event_type == "CreditsDeducted":
-            until = result.occurred_at + REQUEST_ID_MEMORY
-            batch.deducted.append((account_id, result.payload.request_id, until))
-        elif result.event_type == "SeatStatusChanged":
+    results = apply(state, event, card, deductions=False)  # quota keeps no deduction
+    payload = event.payload
+    if isinstance(payload, UsageRecorded) and not _rejected(results):
+        # deducted: the fold remembers its request id until a repeat can no longer come
+        until = state.request_ids.get(payload.request_id)
+        if until is not None:
+            batch.deducted.append((account_id, payload.request_id, until))
+    for result in results:
+        if result.event_type == "SeatStatusChanged":
             change = result.payload
             pending = batch.published.get(change.seat_id)
             last = pending[1] if pending else published.get(change.seat_id)
@@ -66,3 +70,8 @@ def fold_event(
                 )
                 to_publish.append(result)
     return to_publish
+
+
+def _rejected(results: list[ResultEvent]) -> bool:
+    """Whether the fact was rejected (a rejection is the last of its results)."""
+    return bool(results) and results[-1].event_type == "FactRejected"

@@ -151,6 +151,23 @@ def test_replay_and_persistence_give_identical_state_and_results(
     assert saved.to_dict() == fold(events[:cut], DEFAULT_CARD)[0].to_dict()
 
 
+@PROPERTIES
+@given(streams())
+def test_without_deductions_the_fold_leaves_out_only_the_deductions(
+    events: list[FactEvent],
+) -> None:
+    """Quota folds with `deductions=False`: the same state after every fact, and every other
+    result the same, under the same id; its request ids remembered are the deductions'."""
+    full, lean = AccountState(), AccountState()
+    for event in events:
+        results = apply(full, event, DEFAULT_CARD)
+        assert apply(lean, event, DEFAULT_CARD, deductions=False) == [
+            r for r in results if r.event_type != "CreditsDeducted"
+        ]
+        assert lean == full
+        assert lean.request_ids == full.request_ids
+
+
 def test_results_carry_deterministic_ids_and_the_fact_recorded_at() -> None:
     f = Facts()
     events = [*f.team(START, ("s1", "standard")), f.usage(START, "s1", credits=TOKENS_PER_CREDIT)]

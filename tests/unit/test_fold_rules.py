@@ -346,8 +346,11 @@ def test_a_fact_that_fails_unexpectedly_is_rejected_and_the_fold_goes_on(
     monkeypatch.setattr(seat_status, "changes", failing)
     # next month: the review resumes the seat, then the usage fails after its deduction
     usage = f.usage(at("2026-03-01 00:00"), credits=25_000)
+    lean = state.snapshot()
     results = apply(state, usage, DEFAULT_CARD)
     assert [r.event_type for r in results] == ["SeatStatusChanged", "FactRejected"]
+    # quota's fold, which leaves the deduction out, drops and rejects alike, under the same ids
+    assert apply(lean, usage, DEFAULT_CARD, deductions=False) == results
     assert [r.event_id for r in results] == [derived_event_id(usage.event_id, i) for i in (0, 1)]
     assert payloads(results, "SeatStatusChanged")[0].reason == "month_rolled_over"
     rejected = payloads(results, "FactRejected")[0]

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from metering.consumer import Record
+from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.fold import fold
 from metering.snapshots import snapshot_json
 from quota.policy import QuotaBatch, fold_event
@@ -95,6 +96,25 @@ async def test_a_status_already_published_is_not_published_again() -> None:
     assert fold_event(state, usage, DEFAULT_CARD, published, batch) == []
     assert batch.touched == {"acct-p"}
     assert batch.deducted[0][1] == "r-p"
+
+
+def test_the_request_ids_to_store_are_those_deducted_until_a_repeat_can_no_longer_come() -> None:
+    """quota folds without building deductions; it stores each deducted request id with the
+    time the fold remembers it until, and none of a rejected usage."""
+    batch, facts = QuotaBatch(), Facts("acct-d")
+    state = fold(facts.team(T0, ("s1", "standard")), DEFAULT_CARD)[0]
+    charged = T0 + timedelta(hours=1)
+    for usage in [
+        facts.usage(charged, "s1", credits=1, request_id="r-1"),
+        facts.usage(charged, "s1", credits=1, request_id="r-1"),  # a repeat: rejected
+        facts.usage(charged, "s1", credits=1, request_id="r-2", key="key-none"),  # rejected
+        facts.usage(charged + timedelta(minutes=1), "s1", credits=1, request_id="r-3"),
+    ]:
+        fold_event(state, usage, DEFAULT_CARD, {}, batch)
+    assert batch.deducted == [
+        ("acct-d", "r-1", charged + REQUEST_ID_MEMORY),
+        ("acct-d", "r-3", charged + timedelta(minutes=1) + REQUEST_ID_MEMORY),
+    ]
 
 
 async def test_a_restart_loads_what_was_stored() -> None:
