@@ -63,7 +63,7 @@ MUTATION_WORKERS ?= 2
 mutation: install
 	rm -rf mutants
 	@start=$$(date +%s); \
-	nice -n 19 $(BIN)/mutmut run --max-children $(MUTATION_WORKERS) > mutation/run.log 2>&1 \
+	METERING_PURE_CORE=1 nice -n 19 $(BIN)/mutmut run --max-children $(MUTATION_WORKERS) > mutation/run.log 2>&1 \
 		|| { tail -c 3000 mutation/run.log; exit 1; }; \
 	$(BIN)/python mutation/report.py --seconds $$(( $$(date +%s) - start )) \
 		--commit "$$(git rev-parse --short HEAD 2>/dev/null)" > mutation/report.md
