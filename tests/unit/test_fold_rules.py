@@ -494,6 +494,24 @@ def test_stored_times_are_written_in_utc() -> None:
     assert "-04:00" not in stored
 
 
+@pytest.mark.usefixtures("local_zone")
+def test_the_snapshot_form_keeps_times_as_utc_datetimes() -> None:
+    """`to_dict(times_as_text=False)` (what the projections hand orjson) gives the same times
+    as the text form, as UTC datetimes, even for a state loaded with times in another zone."""
+    text = fold(busy_account(), DEFAULT_CARD)[0].to_dict()
+    zoned = json.loads(
+        json.dumps(text).replace("+00:00", "+09:00")  # the same clock readings, 9 hours off
+    )
+    state = AccountState.from_dict(zoned)
+    objects = state.to_dict(times_as_text=False)
+    assert isinstance(objects["clock"], datetime)
+    assert objects["clock"].tzinfo is UTC
+    assert objects["clock"] == datetime.fromisoformat(zoned["clock"])
+    key = next(iter(objects["keys"].values()))
+    assert key["issued_at"].tzinfo is UTC
+    assert json.loads(json.dumps(objects, default=datetime.isoformat)) == state.to_dict()
+
+
 def test_a_cancelled_downgrade_leaves_the_tiers_as_they_were() -> None:
     f = Facts()
     events = [
