@@ -19,6 +19,7 @@ event log both ways and compares every result and state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -88,33 +89,47 @@ def build(build_dir: Path = BUILD_DIR) -> None:
     from mypyc.build import mypycify  # the build needs mypy and a C compiler; running does not
     from setuptools import setup
 
-    root = CORE_DIR.parent.parent
-    os.chdir(root)  # mypyc names modules by their paths from here
     digests = sources()
     (build_dir / MANIFEST).unlink(missing_ok=True)
-    setup(
-        name="metering-native-core",
-        ext_modules=mypycify(
-            [f"metering/core/{name}.py" for name in COMPILED],
-            group_name=GROUP,
-            multi_file=True,
-            target_dir=str(build_dir.parent / "native-core-c"),
-        ),
-        script_args=[
-            "--quiet",
-            "build_ext",
-            "--build-lib",
-            str(build_dir),
-            "--build-temp",
-            str(build_dir.parent / "native-core-obj"),
-            "--parallel",
-            str(os.cpu_count() or 1),
-        ],
-    )
+    with contextlib.chdir(CORE_DIR.parent.parent):  # mypyc names modules by their paths
+        setup(
+            name="metering-native-core",
+            ext_modules=mypycify(
+                [f"metering/core/{name}.py" for name in COMPILED],
+                group_name=GROUP,
+                multi_file=True,
+                target_dir=str(build_dir.parent / "native-core-c"),
+            ),
+            script_args=[
+                "--quiet",
+                "build_ext",
+                "--build-lib",
+                str(build_dir),
+                "--build-temp",
+                str(build_dir.parent / "native-core-obj"),
+                "--parallel",
+                str(os.cpu_count() or 1),
+            ],
+        )
     manifest = {"platform": _platform(), "sources": digests}
     (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def main(build_dir: Path = BUILD_DIR) -> int:
+    """`make install`'s step: build, or say why not. A machine without a C compiler still
+    installs and runs: the core runs from its source (slower, the same results)."""
+    try:
+        build(build_dir)
+    except (Exception, SystemExit) as error:  # setuptools exits on a failed compile
+        print(
+            f"metering.core was not compiled ({error}); it runs from its source. "
+            "Install gcc and the Python headers, then run make install again.",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"metering.core compiled with mypyc into {build_dir}")
+    return 0
+
+
 if __name__ == "__main__":
-    build()
-    print(f"metering.core compiled with mypyc into {BUILD_DIR}")
+    sys.exit(main())

@@ -64,6 +64,27 @@ def test_a_build_is_used_only_for_the_sources_it_was_built_from(
     assert native_core.unusable(build, core) == f"{native_core.PURE_ENV} is set"
 
 
+def test_a_machine_without_a_compiler_installs_and_runs_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make install` goes on when the compile fails: no manifest, so the source runs."""
+    import mypyc.build
+    import setuptools
+
+    def no_compiler(**_: object) -> None:
+        raise SystemExit("error: command 'gcc' failed: No such file or directory")
+
+    monkeypatch.delenv(native_core.PURE_ENV, raising=False)
+    monkeypatch.setattr(mypyc.build, "mypycify", lambda *_a, **_k: [])
+    monkeypatch.setattr(setuptools, "setup", no_compiler)
+    cwd = Path.cwd()
+    assert native_core.main(tmp_path / "native-core") == 0
+    assert Path.cwd() == cwd
+    assert "metering.core was not compiled (error: command 'gcc' failed" in capsys.readouterr().err
+    assert not (tmp_path / "native-core" / native_core.MANIFEST).exists()
+    assert native_core.unusable(tmp_path / "native-core") == "not built (make install builds it)"
+
+
 _PURE_FOLD = """
 import sys, orjson
 from metering.core import NATIVE
