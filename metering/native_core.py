@@ -48,7 +48,8 @@ def sources(core_dir: Path = CORE_DIR) -> dict[str, str]:
     }
 
 
-def _platform() -> str:
+def platform_tag() -> str:
+    """The interpreter and extension suffix a build is for (a build for another is unusable)."""
     return f"{sys.implementation.cache_tag}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
@@ -61,8 +62,9 @@ def unusable(build_dir: Path = BUILD_DIR, core_dir: Path = CORE_DIR) -> str | No
         manifest = json.loads((build_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return "not built (make install builds it)"
-    if manifest.get("platform") != _platform():
-        return f"built for {manifest.get('platform')}, this is {_platform()}"
+    platform = platform_tag()
+    if manifest.get("platform") != platform:
+        return f"built for {manifest.get('platform')}, this is {platform}"
     changed = sorted(
         name
         for name, digest in sources(core_dir).items()
@@ -111,7 +113,7 @@ def build(build_dir: Path = BUILD_DIR) -> None:
                 str(os.cpu_count() or 1),
             ],
         )
-    manifest = {"platform": _platform(), "sources": digests}
+    manifest = {"platform": platform_tag(), "sources": digests}
     (build_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -45,7 +45,7 @@ def test_a_build_is_used_only_for_the_sources_it_was_built_from(
     shutil.copytree(native_core.CORE_DIR, core)
     assert native_core.unusable(build, core) == "not built (make install builds it)"
 
-    platform = native_core.unusable.__globals__["_platform"]()
+    platform = native_core.platform_tag()
     manifest = {"platform": platform, "sources": native_core.sources(core)}
     (build / native_core.MANIFEST).write_text(json.dumps(manifest))
     assert native_core.unusable(build, core) is None
