@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from ledger.store import BODY
 from ledger.usage import paid_from
 from metering.core.money import to_decimal_string as credits
 from metering.db import Connection
@@ -144,8 +145,8 @@ _ARCHIVED = """
 SELECT event_id, account_id, event_type, recorded_at, value
 FROM ledger_events_archive WHERE event_id = $1
 """
-_ENTRIES = """
-SELECT body::text AS body FROM ledger_entries WHERE source_event_id = $1
+_ENTRIES = f"""
+SELECT {BODY} AS body FROM ledger_entries WHERE source_event_id = $1
 ORDER BY occurred_at, event_id
 """
 # A usage report's event id: ingest's claim of (account, request id); else (ingest forgot the

@@ -123,9 +123,9 @@ def fold_batch(
         for result in results:
             if result.event_type == "SeatStatusChanged":
                 continue  # quota publishes seat statuses: it also sees those time brings
-            body = result.model_dump_json()
-            writes.entries.append(entry_row(event, result, body))
-            writes.outgoing.append(Outgoing(ledger_topic, event.account_id, body.encode()))
+            body = result_json(result)
+            writes.entries.append(entry_row(event, result, body.decode()))
+            writes.outgoing.append(Outgoing(ledger_topic, event.account_id, body))
         if event.event_type == "SubscriptionActivated" and not any(
             r.event_type == "FactRejected" for r in results
         ):

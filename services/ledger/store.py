@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-import orjson
 
 from metering.core.catalog import REQUEST_ID_MEMORY
 from metering.core.state import AccountState
@@ -75,8 +74,17 @@ ENTRY_COLUMNS = [
     "pack_id",
     "unused_micro",
     "reason",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "images",
     "body",
 ]
+"""`body` is the result's JSON as published, as text (migration 0012; rows written before keep
+theirs in `body_jsonb`: read `BODY`). The usage counts are a deduction's `payload.usage`."""
+
+BODY = "coalesce(body, body_jsonb::text)"
+"""A ledger entry's body as text, whichever column holds it (migration 0012)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ class UsageFilter:
 
 
 USAGE_COUNTS = ("input_tokens", "cached_tokens", "output_tokens", "images")
-"""The usage counts the totals add up (from each deduction's body: its `payload.usage`)."""
+"""The usage counts the totals add up (a deduction's `payload.usage`, also kept as columns)."""
 
 
 @dataclass(frozen=True)
@@ -131,22 +139,26 @@ WHERE subscription_id = $1 AND event_type = 'CreditsDeducted'
 """
 """The deductions of a `UsageFilter` ($1 to $5), for the usage details and their totals."""
 
-_USAGE_TOTALS = """
+
+def _usage_count_sum(name: str) -> str:
+    """The sum of one usage count: its column, or (rows written before migration 0012) the
+    count in the row's jsonb body, as the usage rows show it."""
+    return (
+        f"coalesce(sum(coalesce({name}, (body_jsonb #>> '{{payload,usage,{name}}}')::bigint)), "
+        f"0)::bigint AS {name}"
+    )
+
+
+_USAGE_TOTALS = f"""
 SELECT count(*) AS requests,
        coalesce(sum(price_micro), 0)::bigint AS price_micro,
        coalesce(sum(seat_paid_micro), 0)::bigint AS seat_paid_micro,
        coalesce(sum(packs_paid_micro), 0)::bigint AS packs_paid_micro,
        coalesce(sum(shortfall_micro), 0)::bigint AS shortfall_micro,
-       coalesce(sum((body #>> '{payload,usage,input_tokens}')::bigint), 0)::bigint AS input_tokens,
-       coalesce(sum((body #>> '{payload,usage,cached_tokens}')::bigint), 0)::bigint
-           AS cached_tokens,
-       coalesce(sum((body #>> '{payload,usage,output_tokens}')::bigint), 0)::bigint
-           AS output_tokens,
-       coalesce(sum((body #>> '{payload,usage,images}')::bigint), 0)::bigint AS images
+       {", ".join(_usage_count_sum(name) for name in USAGE_COUNTS)}
 FROM ledger_entries
 """
-"""The sums of `UsageTotals`, in one pass over the deductions' index range (their counts
-from each body's `payload.usage`, as the usage rows show them)."""
+"""The sums of `UsageTotals`, in one pass over the deductions' index range."""
 
 
 class StaleAccountState(RuntimeError):
@@ -410,14 +422,13 @@ class MemoryLedgerStore:
 
     async def usage_totals(self, where: UsageFilter) -> UsageTotals:
         rows = [e for e in self.entries if where.selects(e)]
-        usages = [orjson.loads(e["body"])["payload"]["usage"] for e in rows]
         return UsageTotals(
             requests=len(rows),
             price_micro=sum(e["price_micro"] for e in rows),
             seat_paid_micro=sum(e["seat_paid_micro"] for e in rows),
             packs_paid_micro=sum(e["packs_paid_micro"] for e in rows),
             shortfall_micro=sum(e["shortfall_micro"] for e in rows),
-            **{name: sum(u[name] for u in usages) for name in USAGE_COUNTS},
+            **{name: sum(e[name] for e in rows) for name in USAGE_COUNTS},
         )
 
 
@@ -451,7 +462,8 @@ SELECT line->>'bucket_id' AS pack_id,
        coalesce(sum((line->>'amount_micro')::bigint) FILTER (WHERE e.occurred_at < $2), 0)::bigint
            AS before_start,
        sum((line->>'amount_micro')::bigint)::bigint AS before_end
-FROM ledger_entries e, jsonb_array_elements(e.body->'payload'->'receipt') AS line
+FROM ledger_entries e,
+     jsonb_array_elements(coalesce(e.body_jsonb, e.body::jsonb)->'payload'->'receipt') AS line
 WHERE e.subscription_id = $1 AND e.event_type = 'CreditsDeducted' AND e.packs_paid_micro > 0
   AND e.occurred_at >= $4 AND e.occurred_at < $3 AND line->>'bucket' = 'pack'
 GROUP BY 1
@@ -485,7 +497,7 @@ class LedgerReads:
         from after the (time, event id) `after`."""
         rows = await self._conn.fetch(
             f"""
-            SELECT body::text AS body FROM ledger_entries {_DEDUCTIONS}
+            SELECT {BODY} AS body FROM ledger_entries {_DEDUCTIONS}
               AND ($6::timestamptz IS NULL OR (occurred_at, event_id) < ($6, $7::uuid))
             ORDER BY occurred_at DESC, event_id DESC
             LIMIT $8
@@ -538,7 +550,7 @@ class LedgerReads:
         """(account_id, id, source, body) of every entry of `accounts`."""
         return await self._conn.fetch(
             "SELECT account_id, event_id::text AS id, source_event_id::text AS source, "
-            "body::text AS body FROM ledger_entries WHERE account_id = ANY($1::text[])",
+            f"{BODY} AS body FROM ledger_entries WHERE account_id = ANY($1::text[])",
             list(accounts),
         )
 

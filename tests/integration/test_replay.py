@@ -122,7 +122,8 @@ async def test_a_tampered_entry_or_state_is_named(
     db = await asyncpg.connect(env.database_url)
     try:
         entry_id = await db.fetchval(
-            "UPDATE ledger_entries SET body = jsonb_set(body, '{payload,price_micro}', '1') "
+            "UPDATE ledger_entries "
+            "SET body = jsonb_set(body::jsonb, '{payload,price_micro}', '1')::text "
             "WHERE event_id = (SELECT event_id FROM ledger_entries "
             "WHERE event_type = 'CreditsDeducted' ORDER BY event_id LIMIT 1) "
             "RETURNING event_id::text"
