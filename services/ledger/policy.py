@@ -32,7 +32,7 @@ from metering.core.ratecard import RateCard
 from metering.core.receipts import paid_by_bucket
 from metering.core.state import AccountState
 from metering.publishing import Outgoing
-from schemas.envelope import FactEvent, ResultEvent, parse_event
+from schemas.envelope import FactEvent, ResultEvent, parse_event, result_json
 
 Parsed = tuple[Record, FactEvent]
 
@@ -153,6 +153,7 @@ def entry_row(source: FactEvent, result: ResultEvent, body: str) -> tuple[object
     common = (result.event_id, result.event_type, source.event_id, result.account_id)
     if result.event_type == "CreditsDeducted":
         paid = paid_by_bucket(p.receipt)
+        usage = p.usage
         fields = (
             p.subscription_id,
             p.seat_id,
@@ -171,9 +172,13 @@ def entry_row(source: FactEvent, result: ResultEvent, body: str) -> tuple[object
             None,
             None,
             None,
+            usage["input_tokens"],
+            usage["cached_tokens"],
+            usage["output_tokens"],
+            usage["images"],
         )
     elif result.event_type == "PackExpired":
-        fields = (p.subscription_id, *[None] * 13, p.pack_id, p.unused_micro, None)
+        fields = (p.subscription_id, *[None] * 13, p.pack_id, p.unused_micro, *[None] * 5)
     else:
-        fields = (*[None] * 16, p.reason)
+        fields = (*[None] * 16, p.reason, *[None] * 4)
     return (*common, result.occurred_at, *fields, body)

@@ -16,7 +16,13 @@ from metering.core.fold import apply, fold
 from metering.core.state import AccountState
 from metering.core.views import seat_view
 from metering.snapshots import load_snapshot, snapshot_json
-from schemas.envelope import LEDGER_ADAPTER, SEAT_STATUS_ADAPTER, FactEvent, ResultEvent
+from schemas.envelope import (
+    LEDGER_ADAPTER,
+    SEAT_STATUS_ADAPTER,
+    FactEvent,
+    ResultEvent,
+    result_json,
+)
 from schemas.results import CreditsDeducted
 
 START = at("2026-01-31 10:00")
@@ -85,6 +91,7 @@ def check_result(result: ResultEvent) -> None:
     """Every result survives JSON and validation unchanged, and deductions conserve credits."""
     adapter = SEAT_STATUS_ADAPTER if result.event_type == "SeatStatusChanged" else LEDGER_ADAPTER
     assert adapter.validate_json(result.model_dump_json()) == result
+    assert result_json(result) == result.model_dump_json().encode()
     payload = result.payload
     if isinstance(payload, CreditsDeducted):
         paid = [line["amount_micro"] for line in payload.receipt]
