@@ -22,7 +22,7 @@ from ingest.rules import FieldProblem
 from metering.http import Readiness, create_app
 from metering.publishing import BrokerUnavailable
 from metering.settings import load_settings
-from schemas.api import UsageReport
+from schemas.api import UsageBatchResponse, UsageReport
 from tests.unit.test_ingest_rules import report
 
 TOKEN = "gateway-token-" + "g" * 24
@@ -137,6 +137,10 @@ async def test_fast_path_answers_as_the_route(
     assert answer.status_code == status
     if code is not None:
         assert answer.json()["code"] == code
+    if path == "/v1/usage/batch" and status == 200:  # written by hand: the contract's shape
+        assert answer.json() == UsageBatchResponse.model_validate_json(answer.content).model_dump(
+            mode="json"
+        )
 
 
 async def test_other_methods_and_paths_go_on_to_fastapi() -> None:
