@@ -195,10 +195,12 @@ class ProjectionConsumer(BackgroundLoop):
         stuck_after: StuckAfter = StuckAfter(),
         kafka_options: Mapping[str, Any] | None = None,
         fetch_max_wait_ms: int = 500,
+        fetch_min_bytes: int = 1,
     ) -> None:
         super().__init__()
         self._kafka_options = dict(kafka_options or {})
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._fetch_min_bytes = fetch_min_bytes
         self.name = f"consume {topic}"
         self._bootstrap_servers = bootstrap_servers
         self._client_id = client_id
@@ -235,6 +237,7 @@ class ProjectionConsumer(BackgroundLoop):
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
             fetch_max_wait_ms=self._fetch_max_wait_ms,
+            fetch_min_bytes=self._fetch_min_bytes,
             **self._kafka_options,
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="ledger and quota: the longest a fetch waits on the broker for new events "
         "(Kafka answers as soon as events arrive; the embedded broker only when this passes)",
     )
+    projection_fetch_min_bytes: int = Field(
+        1,
+        ge=1,
+        le=1_048_576,
+        description="ledger and quota: the bytes of new events a fetch waits for on the broker "
+        "(up to PROJECTION_FETCH_MAX_WAIT_MS): fewer, fuller fetches under load",
+    )
     projection_stuck_after_seconds: float = Field(
         120.0,
         gt=0,

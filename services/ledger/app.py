@@ -39,6 +39,7 @@ def build_app(settings: Settings) -> FastAPI:
         bootstrap_servers=settings.kafka_bootstrap_servers,
         kafka_options=settings.kafka_options(),
         fetch_max_wait_ms=settings.projection_fetch_max_wait_ms,
+        fetch_min_bytes=settings.projection_fetch_min_bytes,
         topic=settings.events_topic,
         group=settings.ledger_consumer_group,
         client_id="metering-ledger",

@@ -53,6 +53,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = now) -> FastAP
         bootstrap_servers=settings.kafka_bootstrap_servers,
         kafka_options=settings.kafka_options(),
         fetch_max_wait_ms=settings.projection_fetch_max_wait_ms,
+        fetch_min_bytes=settings.projection_fetch_min_bytes,
         topic=settings.events_topic,
         group=settings.quota_consumer_group,
         client_id="metering-quota",

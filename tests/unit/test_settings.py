@@ -23,6 +23,9 @@ def test_reads_the_contract_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.metering_admin_token is not None
     assert settings.metering_admin_token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
+    assert (settings.projection_fetch_min_bytes, settings.projection_fetch_max_wait_ms) == (1, 500)
+    monkeypatch.setenv("PROJECTION_FETCH_MIN_BYTES", "65536")
+    assert load_settings().projection_fetch_min_bytes == 65536
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,8 @@ def test_reads_the_contract_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("HTTP_PORT", "seventy", "HTTP_PORT: Input should be a valid integer"),
         ("HTTP_PORT", "70000", "HTTP_PORT: Input should be less than or equal to 65535"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ("PROJECTION_FETCH_MIN_BYTES", "0", "PROJECTION_FETCH_MIN_BYTES: Input should be greater"),
+        ("PROJECTION_FETCH_MIN_BYTES", "2000000", "PROJECTION_FETCH_MIN_BYTES: Input should be "),
     ],
 )
 def test_bad_values_are_named_with_the_fix(
