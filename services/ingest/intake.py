@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -91,12 +92,15 @@ class UsageResult:
 
 
 def count_usage(results: Sequence[UsageResult]) -> None:
-    """Record one call's results (HTTP or Kafka) in the metrics."""
+    """Record one call's results (HTTP or Kafka) in the metrics: counted first, then one
+    increment per status and reason (a labelled child's lookup per report cost more)."""
     metrics.BATCH_SIZE.observe(len(results))
-    for result in results:
-        metrics.USAGE_REPORTS.labels(result.status).inc()
-        for problem in result.problems:
-            metrics.REJECTIONS.labels(problem.reason).inc()
+    statuses = Counter(result.status for result in results)
+    reasons = Counter(problem.reason for result in results for problem in result.problems)
+    for status, n in statuses.items():
+        metrics.USAGE_REPORTS.labels(status).inc(n)
+    for reason, n in reasons.items():
+        metrics.REJECTIONS.labels(reason).inc(n)
 
 
 @dataclass(frozen=True)
