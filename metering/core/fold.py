@@ -186,22 +186,26 @@ class _Results:
         event = self.event
         self.results.append(
             envelope.trusted(
-                event_id=derived_event_id(event.event_id, len(self.results) + self.left_out),
-                event_type=type(payload).__name__,
-                schema_version=SCHEMA_VERSION,
-                occurred_at=occurred_at,
-                recorded_at=event.recorded_at,
-                account_id=event.account_id,
-                payload=payload,
+                {
+                    "event_id": derived_event_id(event.event_id, len(self.results) + self.left_out),
+                    "event_type": type(payload).__name__,
+                    "schema_version": SCHEMA_VERSION,
+                    "occurred_at": occurred_at,
+                    "recorded_at": event.recorded_at,
+                    "account_id": event.account_id,
+                    "payload": payload,
+                }
             )
         )
 
     def rejected(self, rejection: _Rejected) -> None:
         payload = FactRejected.trusted(
-            rejected_event_id=self.event.event_id,
-            rejected_event_type=self.event.event_type,
-            reason=rejection.reason,
-            detail=rejection.detail,
+            {
+                "rejected_event_id": self.event.event_id,
+                "rejected_event_type": self.event.event_type,
+                "reason": rejection.reason,
+                "detail": rejection.detail,
+            }
         )
         self.emit(FactRejectedEvent, payload, self.event.occurred_at)
 
@@ -252,32 +256,34 @@ def _record_usage(
         out.left_out += 1
     else:
         deducted = CreditsDeducted.trusted(
-            request_id=usage.request_id,
-            usage_event_id=out.event.event_id,
-            subscription_id=sub.subscription_id,
-            seat_id=seat.seat_id,
-            key_id=usage.key_id,
-            model=usage.model,
-            tier=tier,
-            price_micro=quote.total_micro,
-            components=quote.components,
-            rate_card_version=quote.rate_card_version,
-            coefficient=quote.coefficient,
-            receipt=receipt,
-            shortfall_micro=due,
-            seat_remaining_micro=seat_left,
-            shared_remaining_micro=shared_left,
-            seat_month_start=start,
-            seat_month_end=end,
-            usage={
-                "input_tokens": usage.input_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "output_tokens": usage.output_tokens,
-                "thinking": usage.thinking,
-                "tool_calls": usage.tool_calls,
-                "images": usage.images,
-                "client": usage.client,
-            },
+            {
+                "request_id": usage.request_id,
+                "usage_event_id": out.event.event_id,
+                "subscription_id": sub.subscription_id,
+                "seat_id": seat.seat_id,
+                "key_id": usage.key_id,
+                "model": usage.model,
+                "tier": tier,
+                "price_micro": quote.total_micro,
+                "components": quote.components,
+                "rate_card_version": quote.rate_card_version,
+                "coefficient": quote.coefficient,
+                "receipt": receipt,
+                "shortfall_micro": due,
+                "seat_remaining_micro": seat_left,
+                "shared_remaining_micro": shared_left,
+                "seat_month_start": start,
+                "seat_month_end": end,
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "cached_tokens": usage.cached_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "thinking": usage.thinking,
+                    "tool_calls": usage.tool_calls,
+                    "images": usage.images,
+                    "client": usage.client,
+                },
+            }
         )
         out.emit(CreditsDeductedEvent, deducted, t)
 
@@ -540,10 +546,12 @@ def _review(state: AccountState, out: _Results, resume: _Resume | None) -> None:
             if final <= clock:
                 pack.expired = True
                 expired = PackExpired.trusted(
-                    subscription_id=sub.subscription_id,
-                    pack_id=pack.pack_id,
-                    expired_at=pack.expires_at,
-                    unused_micro=pack.remaining_micro,
+                    {
+                        "subscription_id": sub.subscription_id,
+                        "pack_id": pack.pack_id,
+                        "expired_at": pack.expires_at,
+                        "unused_micro": pack.remaining_micro,
+                    }
                 )
                 out.emit(PackExpiredEvent, expired, pack.expires_at)
             else:

@@ -72,12 +72,14 @@ def changes(
             reason = resumed_because(None if last is None else last[1], hint(seat.seat_id))
         found.append(
             SeatStatusChanged.trusted(
-                subscription_id=sub.subscription_id,
-                seat_id=seat.seat_id,
-                status=status,
-                reason=reason,
-                resets_at=resets_at,
-                at=at,
+                {
+                    "subscription_id": sub.subscription_id,
+                    "seat_id": seat.seat_id,
+                    "status": status,
+                    "reason": reason,
+                    "resets_at": resets_at,
+                    "at": at,
+                }
             )
         )
     return found

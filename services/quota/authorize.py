@@ -93,17 +93,21 @@ def decide(holder: KeyHolder, request: AuthorizeRequest, now: datetime, card: Ra
     if seat.status == "suspended":
         return _suspended(seat)
     remaining = Remaining.trusted(
-        seat=to_decimal_string(seat.seat_remaining_micro),
-        shared=to_decimal_string(seat.shared_remaining_micro),
-        total=to_decimal_string(seat.remaining_micro),
+        {
+            "seat": to_decimal_string(seat.seat_remaining_micro),
+            "shared": to_decimal_string(seat.shared_remaining_micro),
+            "total": to_decimal_string(seat.remaining_micro),
+        }
     )
     allowed = AuthorizeAllowed.trusted(
-        allowed=True,
-        account_id=holder.account_id,
-        subscription_id=key.subscription_id,
-        seat_id=key.seat_id,
-        key_id=key.key_id,
-        remaining=remaining,
+        {
+            "allowed": True,
+            "account_id": holder.account_id,
+            "subscription_id": key.subscription_id,
+            "seat_id": key.seat_id,
+            "key_id": key.key_id,
+            "remaining": remaining,
+        }
     )
     return Decision(200, allowed)
 
@@ -159,18 +163,20 @@ def _suspended(seat: SeatView) -> Decision:
     else:
         message = f"Seat '{seat.seat_id}' was removed from its subscription."
     body = AuthorizeDenied.trusted(
-        allowed=False,
-        code="seat_suspended",
-        message=message,
-        resets_at=seat.resets_at if reason == "quota_exhausted" else None,
-        reason=reason,
+        {
+            "allowed": False,
+            "code": "seat_suspended",
+            "message": message,
+            "resets_at": seat.resets_at if reason == "quota_exhausted" else None,
+            "reason": reason,
+        }
     )
     return Decision(403, body)
 
 
 def _denied(status: int, code: str, message: str) -> Decision:
     body = AuthorizeDenied.trusted(
-        allowed=False, code=code, message=message, resets_at=None, reason=None
+        {"allowed": False, "code": code, "message": message, "resets_at": None, "reason": None}
     )
     return Decision(status, body)
 

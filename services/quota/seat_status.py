@@ -53,11 +53,13 @@ def timer_envelope(account_id: str, change: SeatStatusChanged) -> SeatStatusChan
     """The message of a change the timer noticed; its id depends only on what changed when."""
     name = f"{change.seat_id}/{change.status}/{change.reason}/{change.at.isoformat()}"
     return SeatStatusChangedEvent.trusted(
-        event_id=str(uuid.uuid5(TIMER_NAMESPACE, name)),
-        event_type="SeatStatusChanged",
-        schema_version=SCHEMA_VERSION,
-        occurred_at=change.at,
-        recorded_at=change.at,
-        account_id=account_id,
-        payload=change,
+        {
+            "event_id": str(uuid.uuid5(TIMER_NAMESPACE, name)),
+            "event_type": "SeatStatusChanged",
+            "schema_version": SCHEMA_VERSION,
+            "occurred_at": change.at,
+            "recorded_at": change.at,
+            "account_id": account_id,
+            "payload": change,
+        }
     )

@@ -93,6 +93,9 @@ def check_result(result: ResultEvent) -> None:
     assert adapter.validate_json(result.model_dump_json()) == result
     assert result_json(result) == result.model_dump_json().encode()
     payload = result.payload
+    for model in (result, payload):  # the fold gives `trusted` every field, in order
+        assert list(model.__dict__) == list(type(model).model_fields)
+        assert model.model_fields_set == set(type(model).model_fields)
     if isinstance(payload, CreditsDeducted):
         paid = [line["amount_micro"] for line in payload.receipt]
         assert all(amount > 0 for amount in paid)

@@ -8,7 +8,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from metering.core.fold import RESULT_NAMESPACE, derived_event_id
 from schemas import generate
-from schemas.api import SubscriptionCancel, UsageBatchRequest
+from schemas.api import Remaining, SubscriptionCancel, UsageBatchRequest
 from schemas.base import Identifier
 from schemas.envelope import parse_event, parse_ledger_event
 
@@ -101,6 +101,20 @@ def test_batch_holds_at_most_1000_reports() -> None:
     UsageBatchRequest.model_validate_json(json.dumps({"reports": [report] * 1000}))
     with pytest.raises(ValidationError, match="reports"):
         UsageBatchRequest.model_validate_json(json.dumps({"reports": [report] * 1001}))
+
+
+def test_trusted_instances_share_their_field_names_safely() -> None:
+    fields = {"seat": "1.000000", "shared": "0.000000", "total": "1.000000"}
+    first, second = Remaining.trusted(dict(fields)), Remaining.trusted(dict(fields))
+    assert first == Remaining.model_validate(fields)
+    assert first.model_fields_set == second.model_fields_set == set(fields)
+    copied = first.model_copy(update={"seat": "2.000000"})
+    assert copied.seat == "2.000000"
+    assert first.seat == second.seat == "1.000000"
+    assert copied.model_fields_set is not first.model_fields_set
+    partial = Remaining.trusted({"seat": "1.000000"})
+    assert partial.model_fields_set == {"seat"}
+    assert first.model_fields_set == {"seat", "shared", "total"}
 
 
 def test_derived_event_ids_are_uuid5() -> None:
