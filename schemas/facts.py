@@ -4,7 +4,8 @@ A plan fact takes effect at its payload's explicit time (``started_at``, ``at``,
 ``purchased_at``) where it has one, otherwise at the envelope's ``occurred_at``.
 """
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, TypedDict
 
 from pydantic import AwareDatetime, StringConstraints
 
@@ -71,3 +72,22 @@ class UsageRecorded(Contract):
     tool_calls: ToolCalls
     images: Count
     client: Identifier | None = None
+
+
+class UsageRecordedFields(TypedDict):
+    """A ``UsageRecorded``'s ``__dict__``, its fields by name: for the fold, which reads most
+    of them, where each attribute of a pydantic model costs a ``__getattr__`` hook's lookup
+    (issue 17). tests/unit/test_schemas.py checks it names exactly the model's fields."""
+
+    request_id: str
+    subscription_id: str
+    seat_id: str
+    key_id: str
+    model: str
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    thinking: bool
+    tool_calls: Mapping[str, int]
+    images: int
+    client: str | None

@@ -22,7 +22,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from metering.core import seat_status
 from metering.core.calendar import add_months
@@ -56,6 +56,7 @@ from schemas.facts import (
     SubscriptionActivated,
     SubscriptionCancelled,
     UsageRecorded,
+    UsageRecordedFields,
 )
 from schemas.results import (
     CreditsDeducted,
@@ -140,7 +141,8 @@ def _apply(state: AccountState, event: FactEvent, card: RateCard, out: _Results)
         t = recorded
     payload = event.payload
     if isinstance(payload, UsageRecorded):
-        _record_usage(state, t, recorded, payload, card, out)
+        fields = cast("UsageRecordedFields", payload.__dict__)
+        _record_usage(state, t, recorded, fields, card, out)
     else:
         _review(state, out, _apply_plan_fact(state, t, recorded, payload))
 
@@ -158,7 +160,16 @@ def fold(
 
 def derived_event_id(event_id: str, index: int) -> str:
     """``str(uuid5(RESULT_NAMESPACE, f"{event_id}/{index}"))``, without the UUID object."""
-    h = hashlib.sha1(_NAMESPACE_BYTES + f"{event_id}/{index}".encode()).hexdigest()
+    return _derived_id(_id_prefix(event_id), index)
+
+
+def _id_prefix(event_id: str) -> bytes:
+    """What the sha1 of each id derived from ``event_id`` starts with."""
+    return _NAMESPACE_BYTES + event_id.encode() + b"/"
+
+
+def _derived_id(prefix: bytes, index: int) -> str:
+    h = hashlib.sha1(prefix + str(index).encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_UUID_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
@@ -167,10 +178,16 @@ _UUID_VARIANT = {f"{n:x}": f"{8 | (n & 3):x}" for n in range(16)}
 """The hex digit that carries the RFC 4122 variant bits, from the digest's digit."""
 
 
+def was_rejected(results: list[ResultEvent]) -> bool:
+    """Whether ``apply`` rejected the fact it returned ``results`` for: a rejection is always
+    the last result (what time brought before the fact may precede it; nothing follows)."""
+    return bool(results) and results[-1].event_type == "FactRejected"
+
+
 class _Results:
     """The results of one fact, enveloped with derived ids and the fact's recorded_at."""
 
-    __slots__ = ("deductions", "event", "fact_started", "left_out", "results")
+    __slots__ = ("deductions", "event", "fact_started", "id_prefix", "left_out", "results")
 
     def __init__(self, event: FactEvent, deductions: bool) -> None:
         self.event = event
@@ -180,14 +197,18 @@ class _Results:
         """Results not built (``deductions=False``): each keeps its place in the ids."""
         self.fact_started: tuple[int, int] | None = None
         """``(len(results), left_out)`` once time's results were in, before the fact's own."""
+        self.id_prefix = b""
+        """``_id_prefix`` of the fact's id, once a result needs it."""
 
     def emit(self, envelope: Any, payload: Contract, occurred_at: datetime) -> None:
         """Append ``envelope`` (one of the result envelope classes) around ``payload``."""
         event = self.event
+        if not self.id_prefix:
+            self.id_prefix = _id_prefix(event.event_id)
         self.results.append(
             envelope.trusted(
                 {
-                    "event_id": derived_event_id(event.event_id, len(self.results) + self.left_out),
+                    "event_id": _derived_id(self.id_prefix, len(self.results) + self.left_out),
                     "event_type": type(payload).__name__,
                     "schema_version": SCHEMA_VERSION,
                     "occurred_at": occurred_at,
@@ -217,16 +238,16 @@ def _record_usage(
     state: AccountState,
     t: datetime,
     recorded: datetime,
-    usage: UsageRecorded,
+    usage: UsageRecordedFields,
     card: RateCard,
     out: _Results,
 ) -> None:
     """Price the usage and draw it from the seat month of ``t``, then packs valid at ``t``."""
     sub, seat, t = _checked_usage(state, t, recorded, usage)
     try:
-        model = card.in_force(t).models.get(usage.model)
+        model = card.in_force(t).models.get(usage["model"])
         if model is None:
-            raise _Rejected("unknown_model", f"model '{usage.model}' is not on the rate card")
+            raise _Rejected("unknown_model", f"model '{usage['model']}' is not on the rate card")
         quote = price(model, usage)
     except NoRateCardInForce as error:
         raise _Rejected("no_rate_card_in_force", str(error)) from None
@@ -239,7 +260,7 @@ def _record_usage(
     tier = seat.tier_in(month)
 
     # Every check is done: from here on the fact changes the state.
-    state.remember_request(usage.request_id, remember_until)
+    state.remember_request(usage["request_id"], remember_until)
     receipt: list[ReceiptLine] = []
     due = quote.total_micro
     seat_left = seat.remaining_in(month)
@@ -248,7 +269,7 @@ def _record_usage(
         seat.used_micro[month] = seat.used_micro.get(month, 0) + paid
         seat_left -= paid
         due -= paid
-        bucket_id = f"{seat.seat_id}:{start.year:04d}-{start.month:02d}"
+        bucket_id = f"{seat.seat_id}:{start.year}-{_TWO_DIGITS[start.month]}"
         receipt.append({"bucket": "seat", "bucket_id": bucket_id, "amount_micro": paid})
     due, shared_left, drained_pack = _draw_from_packs(sub, t, due, receipt)
 
@@ -257,12 +278,12 @@ def _record_usage(
     else:
         deducted = CreditsDeducted.trusted(
             {
-                "request_id": usage.request_id,
+                "request_id": usage["request_id"],
                 "usage_event_id": out.event.event_id,
                 "subscription_id": sub.subscription_id,
                 "seat_id": seat.seat_id,
-                "key_id": usage.key_id,
-                "model": usage.model,
+                "key_id": usage["key_id"],
+                "model": usage["model"],
                 "tier": tier,
                 "price_micro": quote.total_micro,
                 "components": quote.components,
@@ -275,13 +296,13 @@ def _record_usage(
                 "seat_month_start": start,
                 "seat_month_end": end,
                 "usage": {
-                    "input_tokens": usage.input_tokens,
-                    "cached_tokens": usage.cached_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "thinking": usage.thinking,
-                    "tool_calls": usage.tool_calls,
-                    "images": usage.images,
-                    "client": usage.client,
+                    "input_tokens": usage["input_tokens"],
+                    "cached_tokens": usage["cached_tokens"],
+                    "output_tokens": usage["output_tokens"],
+                    "thinking": usage["thinking"],
+                    "tool_calls": usage["tool_calls"],
+                    "images": usage["images"],
+                    "client": usage["client"],
                 },
             }
         )
@@ -293,6 +314,11 @@ def _record_usage(
     changed = not plainly_active and _publish_statuses(state, out, None, [(sub, seat)])
     if changed or drained_pack:  # a newly suspended seat needs a reset review; others may be out
         _review(state, out, None)
+
+
+_TWO_DIGITS = tuple(f"{n:02d}" for n in range(13))
+"""A month's number as a bucket id writes it: compiled, ``:02d`` was a ``str.format`` call and
+6 % of a deduction's instructions (a year has four digits: times lie in 2000-2099)."""
 
 
 def _draw_from_packs(
@@ -319,18 +345,18 @@ def _draw_from_packs(
 
 
 def _checked_usage(
-    state: AccountState, t: datetime, recorded: datetime, usage: UsageRecorded
+    state: AccountState, t: datetime, recorded: datetime, usage: UsageRecordedFields
 ) -> tuple[Subscription, Seat, datetime]:
     """The usage's subscription, seat and charging time, or why it cannot be charged."""
-    if usage.request_id in state.request_ids:  # remembered while a duplicate may arrive
+    if usage["request_id"] in state.request_ids:  # remembered while a duplicate may arrive
         raise _Rejected(
-            "duplicate_request_id", f"request '{usage.request_id}' was already deducted"
+            "duplicate_request_id", f"request '{usage['request_id']}' was already deducted"
         )
-    sub = _subscription(state, usage.subscription_id)
-    seat = _seat(sub, usage.seat_id)
-    key = state.keys.get(usage.key_id)
+    sub = _subscription(state, usage["subscription_id"])
+    seat = _seat(sub, usage["seat_id"])
+    key = state.keys.get(usage["key_id"])
     if key is None:
-        raise _Rejected("unknown_key", f"API key '{usage.key_id}' is not known")
+        raise _Rejected("unknown_key", f"API key '{usage['key_id']}' is not known")
     if key.seat_id != seat.seat_id or key.subscription_id != sub.subscription_id:
         raise _Rejected(
             "key_not_for_seat", f"API key '{key.key_id}' belongs to seat '{key.seat_id}'"

@@ -7,7 +7,7 @@ naming the file, the version, the model and the field; nothing is silently defau
 
 from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -109,10 +109,16 @@ class RateCard:
     source: str
     versions: tuple[RateCardVersion, ...]
     """Ordered by ``effective_from``."""
+    starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
+    """Each version's ``effective_from``: what ``in_force`` bisects (the fold asks once per
+    usage, and a key function cost a Python call per step)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "starts", tuple(v.effective_from for v in self.versions))
 
     def in_force(self, at: datetime) -> RateCardVersion:
         """The latest version whose ``effective_from`` is not after ``at``."""
-        index = bisect_right(self.versions, at, key=lambda v: v.effective_from)
+        index = bisect_right(self.starts, at)
         if index == 0:
             first = self.versions[0].effective_from.isoformat()
             raise NoRateCardInForce(

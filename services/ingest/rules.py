@@ -14,7 +14,7 @@ import orjson
 
 from ingest.directory import KeyRecord
 from metering.core.catalog import MAX_PRICE_MICRO
-from metering.core.pricing import UnpriceableUsage, price
+from metering.core.pricing import UnpriceableUsage, price, priced_usage
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from schemas.api import UsageReport
 from schemas.base import SCHEMA_VERSION, Contract
@@ -109,7 +109,7 @@ def _pricing_problems(report: UsageReport, card: RateCard, t: datetime) -> list[
                 )
             ]
     try:
-        quote = price(model, report)
+        quote = price(model, priced_usage(report))
     except UnpriceableUsage as error:
         return [FieldProblem("images", str(error), "unpriceable_usage")]
     if quote.total_micro > MAX_PRICE_MICRO:

@@ -33,7 +33,7 @@ from ledger.usage import (
     usage_row,
 )
 from metering.core.money import to_decimal_string as credits
-from metering.core.pricing import UnpriceableUsage, price
+from metering.core.pricing import UnpriceableUsage, price, priced_usage
 from metering.core.ratecard import NoRateCardInForce, RateCard
 from metering.db import Connection
 from metering.http import problem
@@ -94,7 +94,7 @@ def ledger_router(
                 return problem(
                     404, "Model not found", f"model '{body.model}' not found or not supported"
                 )
-            priced = price(model, body)
+            priced = price(model, priced_usage(body))
         except (NoRateCardInForce, UnpriceableUsage) as error:
             return problem(422, "Cannot price", str(error))
         answer = QuoteResponse(

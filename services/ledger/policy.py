@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ledger.store import month_start
 from metering.consumer import Record
-from metering.core.fold import apply
+from metering.core.fold import apply, was_rejected
 from metering.core.ratecard import RateCard
 from metering.core.receipts import paid_by_bucket
 from metering.core.state import AccountState
@@ -126,9 +126,7 @@ def fold_batch(
             body = result_json(result)
             writes.entries.append(entry_row(event, result, body.decode()))
             writes.outgoing.append(Outgoing(ledger_topic, event.account_id, body))
-        if event.event_type == "SubscriptionActivated" and not any(
-            r.event_type == "FactRejected" for r in results
-        ):
+        if event.event_type == "SubscriptionActivated" and not was_rejected(results):
             writes.subscriptions.append((event.payload.subscription_id, event.account_id))
 
 

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from metering.core.fold import apply
+from metering.core.fold import apply, was_rejected
 from metering.core.ratecard import RateCard
 from metering.core.state import AccountState
 from quota.seat_status import Published
 from quota.store import Deducted, SeatStatuses
-from schemas.envelope import FactEvent, ResultEvent, SeatStatusChangedEvent
+from schemas.envelope import FactEvent, SeatStatusChangedEvent
 from schemas.facts import UsageRecorded
 
 
@@ -53,7 +53,7 @@ def fold_event(
     to_publish = []
     results = apply(state, event, card, deductions=False)  # quota keeps no deduction
     payload = event.payload
-    if isinstance(payload, UsageRecorded) and not _rejected(results):
+    if isinstance(payload, UsageRecorded) and not was_rejected(results):
         # deducted: the fold remembers its request id until a repeat can no longer come
         until = state.request_ids.get(payload.request_id)
         if until is not None:
@@ -70,8 +70,3 @@ def fold_event(
                 )
                 to_publish.append(result)
     return to_publish
-
-
-def _rejected(results: list[ResultEvent]) -> bool:
-    """Whether the fact was rejected (a rejection is the last of its results)."""
-    return bool(results) and results[-1].event_type == "FactRejected"

@@ -11,7 +11,7 @@ from event_builders import DEFAULT_CARD, Facts, at, payloads
 
 from metering.core import seat_status
 from metering.core.catalog import MAX_PRICE_MICRO, PACK_CREDITS_MICRO, REQUEST_ID_MEMORY
-from metering.core.fold import apply, derived_event_id, fold
+from metering.core.fold import apply, derived_event_id, fold, was_rejected
 from metering.core.money import MICRO
 from metering.core.state import AccountState
 from metering.core.views import PackView, SeatView, subscription_view
@@ -164,6 +164,31 @@ def test_a_request_id_is_forgotten_once_its_memory_has_passed() -> None:
     _, results = fold(later, DEFAULT_CARD, restored)
     assert [r.event_type for r in results] == ["CreditsDeducted", "FactRejected"]
     assert payloads(results, "FactRejected")[0].reason == "duplicate_request_id"
+
+
+def test_was_rejected_reads_the_last_result_only() -> None:
+    """A rejection is its fact's last result; what time brought may come before it and what
+    an accepted fact brings (a suspension) after its deduction (quota and ledger ask this)."""
+    f = Facts()
+    state = AccountState()
+    outcomes = [
+        [r.event_type for r in results] if not was_rejected(results) else "rejected"
+        for results in (
+            apply(state, event, DEFAULT_CARD)
+            for event in [
+                *f.team(JAN31, ("seat-1", "standard")),
+                f.usage(at("2026-02-01 00:00"), request_id="r1", credits=10**9),
+                f.usage(at("2026-03-05 00:00"), "seat-9", request_id="r2", credits=1),
+            ]
+        )
+    ]
+    assert outcomes == [
+        [],  # the activation
+        ["SeatStatusChanged"],
+        [],  # the key
+        ["CreditsDeducted", "SeatStatusChanged"],  # the seat is suspended, exhausted
+        "rejected",  # after the month's rollover resumed the seat: unknown seat
+    ]
 
 
 def test_a_state_of_another_format_is_refused() -> None:

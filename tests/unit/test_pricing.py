@@ -1,20 +1,25 @@
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from event_builders import DEFAULT_CARD, at
 
-from metering.core.pricing import UnpriceableUsage, price
+from metering.core.pricing import PricedUsage, UnpriceableUsage, price, priced_usage
 from metering.core.ratecard import ModelRates, RoundingMode, parse_rate_card
 
 
 @dataclass(frozen=True)
-class Usage:
+class _Counts:
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
     thinking: bool = False
     tool_calls: dict[str, int] = field(default_factory=dict)
     images: int = 0
+
+
+def usage(**counts: Any) -> PricedUsage:
+    return priced_usage(_Counts(**counts))
 
 
 def model(name: str, mode: RoundingMode = "half_up", coefficient: str = "1.5") -> ModelRates:
@@ -50,7 +55,7 @@ versions:
 
 def test_seed_example_costs_3_18_credits() -> None:
     qwen = DEFAULT_CARD.in_force(at("2026-02-01 00:00")).models["qwen3.6-plus"]
-    quote = price(qwen, Usage(input_tokens=8_349, cached_tokens=40_794, output_tokens=573))
+    quote = price(qwen, usage(input_tokens=8_349, cached_tokens=40_794, output_tokens=573))
     assert quote.components == [
         {"name": "input", "quantity": 8_349, "credits_micro": 1_670_000},
         {"name": "cached", "quantity": 40_794, "credits_micro": 820_000},
@@ -61,20 +66,20 @@ def test_seed_example_costs_3_18_credits() -> None:
 
 
 def test_thinking_prices_output_at_the_thinking_rate() -> None:
-    quote = price(model("text"), Usage(output_tokens=1_000, thinking=True))
+    quote = price(model("text"), usage(output_tokens=1_000, thinking=True))
     # 1,000 tokens * 3,000 per million * 1.5 = 4.5 credits
     assert quote.components == [{"name": "thinking", "quantity": 1_000, "credits_micro": 4_500_000}]
 
 
 def test_tool_calls_are_one_component_with_named_and_default_fees() -> None:
-    quote = price(model("text"), Usage(tool_calls={"web_search": 2, "code": 3, "none": 0}))
+    quote = price(model("text"), usage(tool_calls={"web_search": 2, "code": 3, "none": 0}))
     # (2 * 2 + 3 * 0.5) * 1.5 = 8.25 credits for 5 calls
     assert quote.components == [{"name": "tools", "quantity": 5, "credits_micro": 8_250_000}]
     assert quote.coefficient == "1.5"
 
 
 def test_image_models_price_per_image_not_tokens() -> None:
-    quote = price(model("image"), Usage(images=3, input_tokens=500))
+    quote = price(model("image"), usage(images=3, input_tokens=500))
     # 3 * 40.004 * 1.5 = 180.018 -> 180.02
     assert quote.components == [{"name": "images", "quantity": 3, "credits_micro": 180_020_000}]
     assert quote.total_micro == 180_020_000
@@ -82,12 +87,12 @@ def test_image_models_price_per_image_not_tokens() -> None:
 
 def test_images_on_a_text_model_cannot_be_priced() -> None:
     with pytest.raises(UnpriceableUsage, match="text is a text model and cannot price images"):
-        price(model("text"), Usage(images=1))
+        price(model("text"), usage(images=1))
 
 
 def test_nothing_used_costs_nothing() -> None:
-    assert price(model("text"), Usage()).total_micro == 0
-    assert price(model("text"), Usage()).components == []
+    assert price(model("text"), usage()).total_micro == 0
+    assert price(model("text"), usage()).components == []
 
 
 @pytest.mark.parametrize(
@@ -110,7 +115,7 @@ def test_nothing_used_costs_nothing() -> None:
     ],
 )
 def test_rounding_modes(mode: RoundingMode, tokens: int, credits_micro: int) -> None:
-    quote = price(model("text", mode, coefficient="1"), Usage(input_tokens=tokens))
+    quote = price(model("text", mode, coefficient="1"), usage(input_tokens=tokens))
     assert quote.total_micro == credits_micro
 
 
@@ -127,14 +132,14 @@ def test_images_and_tool_calls_round_by_the_cards_mode(
     mode: RoundingMode, images_micro: int, tools_micro: int
 ) -> None:
     image = model("image", mode)
-    assert price(image, Usage(images=1)).total_micro == images_micro
+    assert price(image, usage(images=1)).total_micro == images_micro
     text = model("text", mode, coefficient="1.0015")
-    tools = price(text, Usage(tool_calls={"web_search": 2}))
+    tools = price(text, usage(tool_calls={"web_search": 2}))
     assert tools.components == [{"name": "tools", "quantity": 2, "credits_micro": tools_micro}]
 
 
 def test_a_quote_names_its_model_version_and_coefficient() -> None:
-    quote = price(model("image"), Usage(images=1))
+    quote = price(model("image"), usage(images=1))
     assert (quote.model, quote.rate_card_version, quote.coefficient) == ("image", "v7", "1.5")
-    text = price(model("text"), Usage(input_tokens=1))
+    text = price(model("text"), usage(input_tokens=1))
     assert (text.model, text.rate_card_version) == ("text", "v7")

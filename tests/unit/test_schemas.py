@@ -2,15 +2,18 @@ import json
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from metering.core.fold import RESULT_NAMESPACE, derived_event_id
+from metering.core.pricing import PricedUsage
 from schemas import generate
-from schemas.api import Remaining, SubscriptionCancel, UsageBatchRequest
-from schemas.base import Identifier
+from schemas.api import QuoteRequest, Remaining, SubscriptionCancel, UsageBatchRequest, UsageReport
+from schemas.base import Identifier, UsageCounts
 from schemas.envelope import parse_event, parse_ledger_event
+from schemas.facts import UsageRecorded, UsageRecordedFields
 
 USAGE = {
     "event_id": "0b0d8e0e-1c1a-4b7a-9c55-4f4c7e7e1a11",
@@ -101,6 +104,16 @@ def test_batch_holds_at_most_1000_reports() -> None:
     UsageBatchRequest.model_validate_json(json.dumps({"reports": [report] * 1000}))
     with pytest.raises(ValidationError, match="reports"):
         UsageBatchRequest.model_validate_json(json.dumps({"reports": [report] * 1001}))
+
+
+def test_the_field_dicts_the_core_reads_match_their_models() -> None:
+    """The fold reads a usage's fields from its ``__dict__`` by these names (issue 17)."""
+    names = get_type_hints(UsageRecordedFields)
+    assert list(names) == list(UsageRecorded.model_fields)
+    for name, info in UsageRecorded.model_fields.items():
+        assert info.is_required() or info.default is None, name  # every key is in __dict__
+    for model in (UsageCounts, QuoteRequest, UsageReport):  # what pricing is given
+        assert set(get_type_hints(PricedUsage)) <= set(model.model_fields)
 
 
 def test_trusted_instances_share_their_field_names_safely() -> None:
