@@ -1,7 +1,8 @@
 """Building blocks shared by every document of the public contract."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypedDict
 
 from pydantic import (
     AfterValidator,
@@ -128,6 +129,19 @@ class UsageCounts(Contract):
     thinking: bool = False
     tool_calls: ReportedToolCalls = Field(default_factory=dict)
     images: Quantity = 0
+
+
+class UsageCountsFields(TypedDict):
+    """A ``UsageCounts``' fields by name, as in its ``__dict__`` (or a subclass's): what the
+    core reads where each attribute of a pydantic model would cost a ``__getattr__`` hook's
+    lookup (issue 17). tests/unit/test_schemas.py checks the names against the models."""
+
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    thinking: bool
+    tool_calls: Mapping[str, int]
+    images: int
 
 
 class SubscriptionTerm(Contract):

@@ -4,12 +4,19 @@ A plan fact takes effect at its payload's explicit time (``started_at``, ``at``,
 ``purchased_at``) where it has one, otherwise at the envelope's ``occurred_at``.
 """
 
-from collections.abc import Mapping
-from typing import Annotated, TypedDict
+from typing import Annotated
 
 from pydantic import AwareDatetime, StringConstraints
 
-from schemas.base import Contract, Count, Identifier, SubscriptionTerm, Tier, ToolCalls
+from schemas.base import (
+    Contract,
+    Count,
+    Identifier,
+    SubscriptionTerm,
+    Tier,
+    ToolCalls,
+    UsageCountsFields,
+)
 
 
 class SubscriptionActivated(SubscriptionTerm):
@@ -74,20 +81,14 @@ class UsageRecorded(Contract):
     client: Identifier | None = None
 
 
-class UsageRecordedFields(TypedDict):
+class UsageRecordedFields(UsageCountsFields):
     """A ``UsageRecorded``'s ``__dict__``, its fields by name: for the fold, which reads most
-    of them, where each attribute of a pydantic model costs a ``__getattr__`` hook's lookup
-    (issue 17). tests/unit/test_schemas.py checks it names exactly the model's fields."""
+    of them (see ``UsageCountsFields``). tests/unit/test_schemas.py checks it names exactly the
+    model's fields."""
 
     request_id: str
     subscription_id: str
     seat_id: str
     key_id: str
     model: str
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    thinking: bool
-    tool_calls: Mapping[str, int]
-    images: int
     client: str | None

@@ -6,11 +6,11 @@ components. The seed example: qwen3.6-plus, 8,349 input, 40,794 cached and 573 o
 costs 1.67 + 0.82 + 0.69 = 3.18 credits.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict, cast
+from typing import cast
 
 from metering.core.ratecard import ModelRates, RoundingMode, TokenRates
+from schemas.base import UsageCountsFields
 from schemas.results import ComponentName, PriceComponent
 
 _PER_MILLION_TOKENS = 10**12
@@ -19,18 +19,11 @@ _PER_ITEM = 10**6
 """Denominator of items * (micro-credits per item) * (coefficient millionths)."""
 
 
-class PricedUsage(TypedDict):
-    """The fields of a usage that set its price: a ``UsageRecorded``'s, a usage report's or a
-    quote request's ``__dict__`` (a pydantic model's fields, by name). A dict, not the model:
-    each attribute of a pydantic model costs a ``__getattr__`` hook's lookup, and the fold read
-    ~30 a usage, 12 % of its instructions (issue 17)."""
-
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    thinking: bool
-    tool_calls: Mapping[str, int]
-    images: int
+PricedUsage = UsageCountsFields
+"""The fields of a usage that set its price: a ``UsageRecorded``'s, a usage report's or a
+quote request's ``__dict__`` (a pydantic model's fields, by name). A dict, not the model: each
+attribute of a pydantic model costs a ``__getattr__`` hook's lookup, and the fold read ~30 a
+usage, 12 % of its instructions (issue 17)."""
 
 
 def priced_usage(usage: object) -> PricedUsage:
