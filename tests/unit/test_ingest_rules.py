@@ -173,3 +173,71 @@ def test_the_usage_envelope_is_the_contracts_own_json_of_the_report(**fields: An
     )
     assert orjson.loads(raw) == orjson.loads(reference)
     assert parse_event(raw) == parse_event(reference)
+
+
+def _as_sent(usage: UsageReport, offset_minutes: int) -> UsageReport:
+    """`usage` as a gateway would send it with its time written at another offset, parsed
+    from JSON as ingest parses it (pydantic then gives the time its own zone object)."""
+    zone = timezone(timedelta(minutes=offset_minutes))
+    fields = usage.model_dump(mode="json")
+    fields["occurred_at"] = usage.occurred_at.astimezone(zone).isoformat()
+    return UsageReport.model_validate_json(orjson.dumps(fields))
+
+
+_OFFSETS = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59)
+
+
+@given(
+    late=st.integers(min_value=-4 * 86400, max_value=3600).map(lambda s: timedelta(seconds=s)),
+    offset=_OFFSETS,
+    key_changes=st.sampled_from(
+        [
+            {},
+            {"revoked_at": NOW - MINUTE},
+            {"issued_at": NOW - MINUTE},
+            {"ends_at": NOW - 3 * MINUTE},
+            {"seat_added_at": NOW - 2 * MINUTE, "issued_at": NOW - 9 * MINUTE},
+        ]
+    ),
+)
+def test_a_report_is_judged_the_same_at_whatever_offset_its_time_is_written(
+    late: timedelta, offset: int, key_changes: dict[str, object]
+) -> None:
+    """The rules compare the report's instant, in UTC (issue 17: a comparison between two
+    zones costs 15 times one within a zone), so the offset a gateway writes its time in
+    changes neither the reasons nor their messages."""
+    usage = report(occurred_at=NOW - late)
+    key = _key(**key_changes)
+    expected = usage_problems(usage, CARD, WINDOW, NOW, key)
+    assert usage_problems(_as_sent(usage, offset), CARD, WINDOW, NOW, key) == expected
+
+
+@given(
+    occurred_at=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2098, 1, 1)),
+    offset=_OFFSETS,
+    recorded_at=st.datetimes(
+        min_value=datetime(2001, 1, 1), max_value=datetime(2098, 1, 1), timezones=st.just(UTC)
+    ),
+)
+def test_the_envelope_writes_each_time_as_its_isoformat(
+    occurred_at: datetime, offset: int, recorded_at: datetime
+) -> None:
+    """orjson writes the envelope's times; the text is `isoformat()`'s, for a time parsed by
+    pydantic (its own zone object) as for one in a `datetime.timezone`."""
+    usage = _as_sent(report(occurred_at=occurred_at.replace(tzinfo=UTC)), offset)
+    raw = usage_envelope(
+        usage, usage.model_dump(mode="json"), event_id=uuid.UUID(int=7), recorded_at=recorded_at
+    )
+    written = orjson.loads(raw)
+    assert written["occurred_at"] == usage.occurred_at.isoformat()
+    assert written["recorded_at"] == recorded_at.isoformat()
+    zoned = usage.occurred_at.astimezone(timezone(timedelta(minutes=offset)))
+    fact = envelope(
+        "UsageRecorded",
+        UsageRecorded.model_validate(usage.model_dump(exclude={"account_id", "occurred_at"})),
+        event_id=uuid.UUID(int=7),
+        account_id="acme",
+        occurred_at=zoned,
+        recorded_at=recorded_at,
+    )
+    assert orjson.loads(fact)["occurred_at"] == zoned.isoformat()
