@@ -29,7 +29,7 @@ from ledger.store import month_start
 from metering.consumer import Record
 from metering.core.fold import apply, was_rejected
 from metering.core.ratecard import RateCard
-from metering.core.receipts import paid_by_bucket
+from metering.core.receipts import Paid, paid_by_bucket
 from metering.core.state import AccountState
 from metering.publishing import Outgoing
 from schemas.envelope import FactEvent, ResultEvent, parse_event, result_json
@@ -50,21 +50,19 @@ class Tally:
     duplicates: int = 0
     dead_letters: int = 0
 
-    def count(self, event: FactEvent, results: Iterable[ResultEvent]) -> None:
-        self.applied[event.event_type] += 1
-        for result in results:
-            payload: Any = result.payload
-            if result.event_type == "CreditsDeducted":
-                paid = paid_by_bucket(payload.receipt)
-                for bucket, micro in (("seat", paid.seat_micro), ("pack", paid.packs_micro)):
-                    if micro:
-                        self.credits[payload.model, payload.tier, bucket] += micro
-                if paid.total_micro:
-                    key = payload.subscription_id, payload.tier
-                    self.subscription_credits[key] += paid.total_micro
-                self.shortfall[payload.model] += payload.shortfall_micro
-            elif result.event_type == "FactRejected":
-                self.rejected[payload.reason] += 1
+    def count(self, result: ResultEvent, paid: Paid | None) -> None:
+        """Count one ledger result; `paid` is a `CreditsDeducted`'s `paid_by_bucket`."""
+        payload: Any = result.payload
+        if paid is not None:
+            for bucket, micro in (("seat", paid.seat_micro), ("pack", paid.packs_micro)):
+                if micro:
+                    self.credits[payload.model, payload.tier, bucket] += micro
+            if paid.total_micro:
+                key = payload.subscription_id, payload.tier
+                self.subscription_credits[key] += paid.total_micro
+            self.shortfall[payload.model] += payload.shortfall_micro
+        elif result.event_type == "FactRejected":
+            self.rejected[payload.reason] += 1
 
 
 def parse(records: Sequence[Record]) -> tuple[list[Parsed], list[tuple[Record, str]]]:
@@ -116,15 +114,22 @@ def fold_batch(
 ) -> None:
     """Fold `fresh` onto `states` (every account of the batch is there; changed in place)
     and add what that writes to `writes`."""
+    tally = writes.tally
     for record, event in fresh:
         results = apply(states[event.account_id], event, card)
-        writes.tally.count(event, results)
+        tally.applied[event.event_type] += 1
         writes.archive.append(archive_row(record, event))
         for result in results:
             if result.event_type == "SeatStatusChanged":
                 continue  # quota publishes seat statuses: it also sees those time brings
+            paid = (
+                paid_by_bucket(result.payload.receipt)
+                if result.event_type == "CreditsDeducted"
+                else None
+            )
+            tally.count(result, paid)
             body = result_json(result)
-            writes.entries.append(entry_row(event, result, body.decode()))
+            writes.entries.append(entry_row(event, result, body.decode(), paid))
             writes.outgoing.append(Outgoing(ledger_topic, event.account_id, body))
         if event.event_type == "SubscriptionActivated" and not was_rejected(results):
             writes.subscriptions.append((event.payload.subscription_id, event.account_id))
@@ -145,12 +150,15 @@ def archive_row(record: Record, event: FactEvent) -> tuple[object, ...]:
     )
 
 
-def entry_row(source: FactEvent, result: ResultEvent, body: str) -> tuple[object, ...]:
-    """The `ledger_entries` row of one ledger result (in `store.ENTRY_COLUMNS` order)."""
+def entry_row(
+    source: FactEvent, result: ResultEvent, body: str, paid: Paid | None = None
+) -> tuple[object, ...]:
+    """The `ledger_entries` row of one ledger result (in `store.ENTRY_COLUMNS` order);
+    `paid`: a `CreditsDeducted`'s `paid_by_bucket`, if the caller has it already."""
     p: Any = result.payload
     common = (result.event_id, result.event_type, source.event_id, result.account_id)
     if result.event_type == "CreditsDeducted":
-        paid = paid_by_bucket(p.receipt)
+        paid = paid if paid is not None else paid_by_bucket(p.receipt)
         usage = p.usage
         fields = (
             p.subscription_id,
