@@ -161,5 +161,10 @@ def test_a_usage_event_id_is_the_uuid5_of_its_account_request_id_and_digest(
     accepted before an upgrade and retried after it would be a second event."""
     name = orjson.dumps([account_id, request_id, digest.hex()]).decode()
     expected = uuid.uuid5(USAGE_EVENT_NAMESPACE, name)
-    assert usage_event_id(account_id, request_id, digest) == expected
-    assert usage_event_id(account_id, request_id, digest).version == 5
+    made = usage_event_id(account_id, request_id, digest)
+    assert made == expected
+    assert hash(made) == hash(expected)
+    assert isinstance(made, uuid.UUID)
+    assert made.version == 5
+    assert str(made) == str(expected)
+    assert made.bytes == expected.bytes
