@@ -138,7 +138,10 @@ class AcceptanceLog:
                 [c.body_hash for c in claims],
                 [c.event_id for c in claims],
                 [c.account_id for c in claims],
-                [c.envelope for c in claims],
+                # a published fact's row keeps no envelope: do not send it (issue 17: the
+                # envelopes of a round of usage, ~300 KB, were encoded, sent and decoded for
+                # nothing; the claim 47.0 -> 43.5 µs a report)
+                [None] * len(claims) if published else [c.envelope for c in claims],
                 [orjson.dumps(c.response).decode() for c in claims],
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -160,6 +162,34 @@ def test_usage_is_accepted_once_and_conflicts_are_named(ingest: httpx.Client) ->
     conflict = ingest.post("/v1/usage", json={**report, "output_tokens": 1})
     assert conflict.status_code == 409
     assert "req-1" in conflict.json()["detail"]
+
+
+def test_an_accepted_report_is_stored_once_published_without_its_envelope(
+    ingest: httpx.Client, stack: Stack
+) -> None:
+    """A round publishes before it commits, so a report's acceptance row is written already
+    published and keeps no envelope (the claim does not even send it: issue 17)."""
+    account = team(ingest)
+    answer = ingest.post("/v1/usage", json=usage(account, "req-stored"))
+    assert answer.status_code == 202
+    row = asyncio.run(_acceptance_row(stack, f"usage:{account}", "req-stored"))
+    assert row is not None
+    assert row["event_id"] == answer.json()["event_id"]
+    assert row["envelope"] is None
+    assert row["published_at"] is not None
+
+
+async def _acceptance_row(stack: Stack, scope: str, key: str) -> asyncpg.Record | None:
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchrow(
+            "SELECT event_id::text AS event_id, envelope, published_at FROM ingest_accepted "
+            "WHERE scope = $1 AND key = $2",
+            scope,
+            key,
+        )
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(
