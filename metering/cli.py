@@ -35,11 +35,13 @@ from metering.core.money import to_decimal_string
 from metering.core.ratecard import RateCard
 from metering.db import migrate_url
 from metering.replay import (
+    MAX_JOBS,
     KafkaSource,
     Progress,
     ReplayError,
     ReplayReport,
     UnknownSubscription,
+    default_jobs,
     replay,
     replayed_statement,
 )
@@ -267,6 +269,14 @@ def replay_command(
     report: Annotated[Path, typer.Option(help="where the JSON report is written")] = Path(
         ".run/replay-report.json"
     ),
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes that share the archive's accounts (default: one per CPU, at most "
+            f"{MAX_JOBS}); a replay from Kafka runs in one",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the ledger from the event log with the pure fold, and compare it with the
     live one.
@@ -277,6 +287,8 @@ def replay_command(
     until_time, as_of_time = _until(until), _until(as_of)
     if until_time and as_of_time:
         raise typer.BadParameter("give --until or --as-of, not both")
+    if source is LogSourceName.kafka and (jobs or 1) > 1:
+        raise typer.BadParameter("--jobs: a replay from Kafka reads and folds in one process")
     settings, card = _settings_and_card()
     kafka = None
     if source is LogSourceName.kafka:
@@ -298,6 +310,7 @@ def replay_command(
                     progress,
                     kafka=kafka,
                     as_of=as_of_time,
+                    jobs=jobs or default_jobs(),
                 )
             )
     except ReplayError as error:

@@ -12,10 +12,17 @@ the same replay, so an auditor can check the one the ledger serves.
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
+import queue
+import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from multiprocessing.queues import Queue as ProcessQueue
 from typing import Any
 
 import asyncpg
@@ -38,6 +45,11 @@ CHUNK_EVENTS = 20_000
 """Events folded before their accounts are compared (bounds memory and round trips)."""
 DETAIL_PATHS = 5
 ABSENT = "<absent>"
+MAX_JOBS = 8
+"""Processes a replay of the archive uses by default at most: each sorts its share of the
+archive in PostgreSQL, so more of them load the database more than they speed the replay."""
+PROGRESS_POLL_SECONDS = 0.2
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 
 Progress = Callable[[int, int], None]
 """Called with (events replayed so far, events in the log to replay), after each chunk."""
@@ -104,10 +116,12 @@ async def replay(
     progress: Progress | None = None,
     kafka: KafkaSource | None = None,
     as_of: datetime | None = None,
+    jobs: int = 1,
 ) -> ReplayReport:
     """Replay `accounts` (all when empty) from the ledger's archive of the event log, or from
     `kafka`, and compare with the live ledger. `as_of` replays the events recorded by then
-    and reports the balances at that time."""
+    and reports the balances at that time. `jobs` processes share the archive's accounts (a
+    replay from Kafka reads and folds in this one)."""
     until = as_of or until
     report = ReplayReport(
         "archive" if kafka is None else "kafka", None if until is None else until.isoformat()
@@ -119,18 +133,16 @@ async def replay(
     try:
         # One snapshot: a running ledger writes offsets, archive, entries and states together.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            if kafka is None:
-                total = await LedgerReads(conn).archived_count(accounts, until)
-                log = archive_accounts(conn, accounts, until)
+            if kafka is None and jobs > 1:
+                scope = ArchiveScope(database_url, card, tuple(accounts), until, as_of)
+                seen = await _replay_in_processes(conn, scope, jobs, report, progress)
             else:
-                log, total = await _kafka_accounts(conn, kafka, accounts, until, report)
-            seen: list[str] = []
-            async for chunk in _chunks(log):
-                report.differences += await _compare_chunk(conn, card, chunk, report, as_of)
-                seen += chunk
-                report.accounts = len(seen)
-                if progress:
-                    progress(report.events, total)
+                if kafka is None:
+                    total = await LedgerReads(conn).archived_count(accounts, until)
+                    log = archive_accounts(conn, accounts, until)
+                else:
+                    log, total = await _kafka_accounts(conn, kafka, accounts, until, report)
+                seen = await _replay_log(conn, card, log, report, as_of, progress, total)
             if until is None:
                 report.differences += await _ledger_only(conn, seen, accounts)
     except asyncpg.UndefinedTableError as error:
@@ -144,6 +156,158 @@ async def replay(
     return report
 
 
+def default_jobs() -> int:
+    """One process per CPU this process may run on, at most `MAX_JOBS`."""
+    return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0))))
+
+
+async def _replay_log(
+    conn: asyncpg.Connection,
+    card: RateCard,
+    log: AsyncIterator[tuple[str, list[FactEvent]]],
+    report: ReplayReport,
+    as_of: datetime | None,
+    progress: Progress | None,
+    total: int,
+) -> list[str]:
+    """Fold and compare `log` chunk by chunk into `report`; the accounts it had."""
+    seen: list[str] = []
+    async for chunk in _chunks(log):
+        report.differences += await _compare_chunk(conn, card, chunk, report, as_of)
+        seen += chunk
+        report.accounts = len(seen)
+        if progress:
+            progress(report.events, total)
+    return seen
+
+
+@dataclass(frozen=True)
+class ArchiveScope:
+    """What a replay of the archive covers, as each of its processes gets it."""
+
+    database_url: str
+    card: RateCard
+    accounts: tuple[str, ...]
+    until: datetime | None
+    as_of: datetime | None
+
+
+def account_ranges(per_account: Sequence[tuple[str, int]], parts: int) -> list[tuple[str, str]]:
+    """At most `parts` runs of consecutive accounts (first id, last id), with about as many
+    events each: a run ends once the events so far reach its share of the whole. A run is
+    never more than one account's events from its share, so the busiest account bounds how
+    evenly the runs can be."""
+    total = sum(events for _, events in per_account)
+    ranges: list[tuple[str, str]] = []
+    first: str | None = None
+    done = 0
+    for account_id, events in per_account:
+        if first is None:
+            first = account_id
+        done += events
+        if done * parts >= total * (len(ranges) + 1):
+            ranges.append((first, account_id))
+            first = None
+    return ranges
+
+
+async def _replay_in_processes(
+    conn: asyncpg.Connection,
+    scope: ArchiveScope,
+    jobs: int,
+    report: ReplayReport,
+    progress: Progress | None,
+) -> list[str]:
+    """Replay the archive in `jobs` processes, each a run of accounts in this transaction's
+    snapshot, and merge their reports in account order (the order one process reads in)."""
+    per_account = await LedgerReads(conn).archived_per_account(scope.accounts, scope.until)
+    total = sum(events for _, events in per_account)
+    ranges = account_ranges(per_account, jobs)
+    if not ranges:
+        return []
+    snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+    context = multiprocessing.get_context("spawn")  # not a fork of this loop and its threads
+    done: ProcessQueue[int] = context.Queue()
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(len(ranges), context, _hold_progress, (done,)) as pool:
+        parts = [
+            loop.run_in_executor(pool, replay_range, scope, snapshot, between) for between in ranges
+        ]
+        replayed = 0
+        pending: set[asyncio.Future[tuple[ReplayReport, list[str]]]] = set(parts)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=PROGRESS_POLL_SECONDS)
+            replayed += _drain(done)
+            if progress:
+                progress(replayed, total)
+    seen: list[str] = []
+    for part in parts:
+        part_report, part_seen = part.result()
+        report.events += part_report.events
+        report.credits_deducted_micro += part_report.credits_deducted_micro
+        report.differences += part_report.differences
+        report.balances += part_report.balances
+        seen += part_seen
+    report.accounts = len(seen)
+    return seen
+
+
+_progress: ProcessQueue[int] | None = None
+"""In a replay's process: where it counts the events it has replayed."""
+
+
+def _hold_progress(done: ProcessQueue[int]) -> None:
+    global _progress
+    _progress = done
+
+
+def _drain(done: ProcessQueue[int]) -> int:
+    counted = 0
+    while True:
+        try:
+            counted += done.get_nowait()
+        except queue.Empty:
+            return counted
+
+
+def replay_range(
+    scope: ArchiveScope, snapshot: str, between: tuple[str, str]
+) -> tuple[ReplayReport, list[str]]:
+    """In a replay's process: the accounts `between` (first and last id) replayed in the
+    exported `snapshot`, and the accounts it had."""
+    return asyncio.run(_replay_range(scope, snapshot, between))
+
+
+async def _replay_range(
+    scope: ArchiveScope, snapshot: str, between: tuple[str, str]
+) -> tuple[ReplayReport, list[str]]:
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise ReplayError(f"not a snapshot id: {snapshot!r}")
+    tune_for_long_lived_state()
+    report = ReplayReport("archive", None)
+    report.final_states_compared = scope.until is None
+
+    reported = 0
+
+    def count(events: int, _total: int) -> None:
+        nonlocal reported
+        if _progress is not None:
+            _progress.put(events - reported)
+        reported = events
+
+    conn = await connect(scope.database_url)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            log = archive_accounts(conn, scope.accounts, scope.until, between)
+            seen = await _replay_log(conn, scope.card, log, report, scope.as_of, count, 0)
+    except (asyncpg.PostgresError, OSError) as error:
+        raise ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}") from None
+    finally:
+        await conn.close()
+    return report, seen
+
+
 async def connect(database_url: str) -> asyncpg.Connection:
     """A connection to the live ledger, or a `ReplayError` naming DATABASE_URL."""
     try:
@@ -153,14 +317,18 @@ async def connect(database_url: str) -> asyncpg.Connection:
 
 
 async def archive_accounts(
-    conn: asyncpg.Connection, accounts: Sequence[str], until: datetime | None
+    conn: asyncpg.Connection,
+    accounts: Sequence[str],
+    until: datetime | None,
+    between: tuple[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, list[FactEvent]]]:
     """Each account's archived events in the order the ledger applied them (in a transaction).
 
     A server-side cursor streams the archive in large chunks, one account at a time."""
     account_id: str | None = None
     events: list[FactEvent] = []
-    async for row in LedgerReads(conn).archived_events(accounts, until, CHUNK_EVENTS):
+    rows = LedgerReads(conn).archived_events(accounts, until, CHUNK_EVENTS, between)
+    async for row in rows:
         if row["account_id"] != account_id:
             if account_id is not None:
                 yield account_id, events

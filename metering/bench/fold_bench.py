@@ -18,7 +18,7 @@ from metering.bench.monitor import Rate, Timeline, ticking
 from metering.core.fold import fold
 from metering.core.ratecard import RateCard
 from metering.gc_tuning import tune_for_long_lived_state
-from metering.replay import replay
+from metering.replay import default_jobs, replay
 from schemas.envelope import FactEvent, parse_event
 
 
@@ -61,6 +61,8 @@ class ReplayResult:
     seconds: float
     identical: bool
     differences: int
+    jobs: int
+    """Processes the replay ran in."""
 
     @property
     def rate(self) -> float:
@@ -70,17 +72,19 @@ class ReplayResult:
 async def replay_rate(
     database_url: str, card: RateCard, timeline: Timeline, accounts: Sequence[str] = ()
 ) -> ReplayResult:
-    """`metering replay` of the archive in `database_url` (of `accounts`; all if empty)."""
+    """`metering replay` of the archive in `database_url` (of `accounts`; all if empty), in
+    as many processes as it takes by default."""
     rate = Rate(timeline, "replay (events/s)")
+    jobs = default_jobs()
 
     def progress(events: int, _accounts: int) -> None:
         rate.total = events
 
     async with ticking(timeline, rate):
         started = time.perf_counter()
-        report = await replay(database_url, card, accounts, None, progress)
+        report = await replay(database_url, card, accounts, None, progress, jobs=jobs)
         elapsed = time.perf_counter() - started
         rate.total = report.events
     return ReplayResult(
-        report.events, report.accounts, elapsed, report.identical, len(report.differences)
+        report.events, report.accounts, elapsed, report.identical, len(report.differences), jobs
     )

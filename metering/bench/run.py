@@ -1010,6 +1010,7 @@ def figures(m: Measured) -> list[Figure]:
                     "events": m.replay.events,
                     "accounts": m.replay.accounts,
                     "seconds": round(m.replay.seconds, 2),
+                    "processes": m.replay.jobs,
                     "identical_to_ledger": m.replay.identical,
                     "differences": m.replay.differences,
                 },
@@ -1180,8 +1181,10 @@ def notes(m: Measured, options: Options, cpu: dict[str, dict[str, float]]) -> li
         if r.accounts < len(m.accounts):
             subset = f" (of the run's {len(m.accounts):,}, to stay within the time budget)"
         out.append(
-            f"- (f) `metering replay` (`replay.replay`, in process) of {r.events:,} events of "
-            f"{r.accounts:,} accounts{subset} in {r.seconds:.1f} s: {same}."
+            f"- (f) `metering replay` (`replay.replay`, called by the bench; {r.jobs} "
+            f"process{'es' if r.jobs > 1 else ''} each replaying a run of accounts in one "
+            f"snapshot) of {r.events:,} events of {r.accounts:,} accounts{subset} in "
+            f"{r.seconds:.1f} s: {same}."
         )
     if m.memory:
         g = m.memory

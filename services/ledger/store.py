@@ -534,16 +534,37 @@ class LedgerReads:
         )
         return int(count)
 
+    async def archived_per_account(
+        self, accounts: Sequence[str], until: datetime | None
+    ) -> list[tuple[str, int]]:
+        """(account id, archived events) of `accounts` (all if empty) recorded by `until`, in
+        the database's order of account ids: the order `archived_events` reads them in."""
+        rows = await self._conn.fetch(
+            f"SELECT account_id, count(*) AS events FROM ledger_events_archive {_IN_SCOPE} "
+            "GROUP BY account_id ORDER BY account_id",
+            list(accounts),
+            until,
+        )
+        return [(row["account_id"], row["events"]) for row in rows]
+
     async def archived_events(
-        self, accounts: Sequence[str], until: datetime | None, prefetch: int
+        self,
+        accounts: Sequence[str],
+        until: datetime | None,
+        prefetch: int,
+        between: tuple[str, str] | None = None,
     ) -> AsyncIterator[asyncpg.Record]:
         """(account_id, value) of those events, per account in the order the ledger applied
-        them, through a server-side cursor (in a transaction)."""
+        them, through a server-side cursor (in a transaction); with `between`, only of the
+        accounts from its first id to its last (both included)."""
+        first, last = between or (None, None)
         query = (
             f"SELECT account_id, value FROM ledger_events_archive {_IN_SCOPE} "
+            "AND ($3::text IS NULL OR account_id BETWEEN $3 AND $4) "
             'ORDER BY account_id, partition, "offset"'
         )
-        async for row in self._conn.cursor(query, list(accounts), until, prefetch=prefetch):
+        cursor = self._conn.cursor(query, list(accounts), until, first, last, prefetch=prefetch)
+        async for row in cursor:
             yield row
 
     async def entries_of(self, accounts: Sequence[str]) -> list[asyncpg.Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from metering.core.fold import fold
 from metering.core.money import to_decimal_string
 from metering.core.views import subscription_view
+from metering.replay import ArchiveScope, ReplayError, replay_range
 from metering.stack import Stack
 from schemas.envelope import parse_event
 from tests.integration.isolated import TOKEN, IsolatedEnv, isolated_env
@@ -150,6 +152,74 @@ async def test_a_tampered_entry_or_state_is_named(
         ]
     finally:
         await db.close()
+
+
+async def test_a_replay_in_processes_reports_what_one_process_does(
+    ran: tuple[IsolatedEnv, str], tmp_path: Path
+) -> None:
+    env, _ = ran
+    db = await asyncpg.connect(env.database_url)
+    try:  # a difference in a run of accounts other than the first, and one in the first
+        tampered = await db.fetch(
+            "UPDATE ledger_entries "
+            "SET body = jsonb_set(body::jsonb, '{payload,price_micro}', '1')::text "
+            "WHERE event_id IN (SELECT DISTINCT ON (account_id) event_id FROM ledger_entries "
+            "WHERE event_type = 'CreditsDeducted' AND account_id = ANY($1) "
+            "ORDER BY account_id, event_id) RETURNING account_id",
+            [f"{env.name}-acct-0", f"{env.name}-acct-9"],
+        )
+        assert len(tampered) == 2
+    finally:
+        await db.close()
+    reports = {}
+    for jobs in ("1", "3"):
+        status, output, _ = env.replay(tmp_path / f"r{jobs}.json", "--jobs", jobs)
+        assert status == 1, output
+        reports[jobs] = (tmp_path / f"r{jobs}.json").read_bytes()
+    assert reports["1"] == reports["3"]
+    assert len(orjson.loads(reports["3"])["differences"]) == 2
+    as_of = "2026-01-20T00:00:00Z"
+    for jobs in ("1", "2"):
+        status, output, _ = env.replay(tmp_path / f"a{jobs}.json", "--as-of", as_of, "--jobs", jobs)
+        assert status == 0, output
+        reports[jobs] = (tmp_path / f"a{jobs}.json").read_bytes()
+    assert reports["1"] == reports["2"]
+    assert len(orjson.loads(reports["2"])["balances"]) == 20
+
+
+async def test_each_process_of_a_replay_reads_the_snapshot_it_was_given(
+    ran: tuple[IsolatedEnv, str],
+) -> None:
+    env, _ = ran
+    one = f"{env.name}-acct-4"
+    scope = ArchiveScope(env.database_url, CARD, (one,), None, None)
+    held, other = await asyncpg.connect(env.database_url), await asyncpg.connect(env.database_url)
+    try:
+        async with held.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await held.fetchval("SELECT pg_export_snapshot()")
+            await other.execute(  # committed after the snapshot: the replay must not see it
+                "UPDATE ledger_entries "
+                "SET body = jsonb_set(body::jsonb, '{payload,price_micro}', '1')::text "
+                "WHERE account_id = $1",
+                one,
+            )
+            report, seen = await asyncio.to_thread(replay_range, scope, snapshot, (one, one))
+        assert (seen, report.differences) == ([one], [])
+        assert report.events >= 100
+        with pytest.raises(ReplayError, match="not a snapshot id"):
+            await asyncio.to_thread(replay_range, scope, "bad' snapshot", (one, one))
+    finally:
+        await held.close()
+        await other.close()
+
+
+async def test_a_replay_from_kafka_in_processes_exits_2_naming_jobs(
+    ran: tuple[IsolatedEnv, str],
+) -> None:
+    env, _ = ran
+    done = env.cli("replay", "--source", "kafka", "--jobs", "2")
+    assert done.returncode == 2
+    assert "--jobs" in done.stderr
 
 
 async def test_statement_from_the_replay_equals_the_ledgers(ran: tuple[IsolatedEnv, str]) -> None:
