@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from multiprocessing.queues import Queue as ProcessQueue
@@ -151,6 +152,9 @@ async def replay(
         raise ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}") from None
     except LogReadError as error:
         raise ReplayError(str(error)) from None
+    except BrokenProcessPool as error:
+        what = f"a replay process ended abruptly (killed, or out of memory?): {error}"
+        raise ReplayError(f"{what}; run it again, or with --jobs 1") from None
     finally:
         await conn.close()
     return report
@@ -241,8 +245,7 @@ async def _replay_in_processes(
             if progress:
                 progress(replayed, total)
     seen: list[str] = []
-    for part in parts:
-        part_report, part_seen = part.result()
+    for part_report, part_seen in await asyncio.gather(*parts):  # raises the first error
         report.events += part_report.events
         report.credits_deducted_micro += part_report.credits_deducted_micro
         report.differences += part_report.differences

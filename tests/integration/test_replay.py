@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from metering import replay as replay_module
 from metering.core.fold import fold
 from metering.core.money import to_decimal_string
 from metering.core.views import subscription_view
@@ -211,6 +213,19 @@ async def test_each_process_of_a_replay_reads_the_snapshot_it_was_given(
     finally:
         await held.close()
         await other.close()
+
+
+def _ends_abruptly(*_: object) -> None:
+    os._exit(9)
+
+
+async def test_a_replay_process_that_dies_is_an_error_that_names_it(
+    ran: tuple[IsolatedEnv, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, _ = ran
+    monkeypatch.setattr(replay_module, "replay_range", _ends_abruptly)
+    with pytest.raises(ReplayError, match="a replay process ended abruptly"):
+        await replay_module.replay(env.database_url, CARD, jobs=2)
 
 
 async def test_a_replay_from_kafka_in_processes_exits_2_naming_jobs(
