@@ -46,9 +46,9 @@ CHUNK_EVENTS = 20_000
 """Events folded before their accounts are compared (bounds memory and round trips)."""
 DETAIL_PATHS = 5
 ABSENT = "<absent>"
-MAX_JOBS = 8
-"""Processes a replay of the archive uses by default at most: each sorts its share of the
-archive in PostgreSQL, so more of them load the database more than they speed the replay."""
+MAX_JOBS = 4
+"""Processes a replay of the archive uses by default at most: each has PostgreSQL scan the
+archive and sort its share, so many of them load the live database more than they gain."""
 PROGRESS_POLL_SECONDS = 0.2
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
 
