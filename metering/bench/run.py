@@ -85,6 +85,7 @@ from metering.core.ratecard import RateCard
 from metering.db import migrate_url
 from metering.dev import run_services, wait_until_ready
 from metering.processes import free_port_run
+from metering.replay import default_jobs
 from metering.settings import load_settings
 from metering.stack import Stack, start_stack
 from metering.topics import EVENTS, TopicSpec, ensure_topics
@@ -128,7 +129,8 @@ OUTBOX_WAIT_SECONDS = 30.0
 REPLAY_BUDGET_SECONDS = 60.0
 """(f) replays a subset of the accounts when the whole archive would take much longer."""
 REPLAY_SHARE_OF_FOLD = 0.2
-"""A cautious guess of replay's speed relative to the pure fold, to pick that subset."""
+"""A cautious guess of one replay process's speed relative to the pure fold, to pick that
+subset (the replay runs in `replay.default_jobs()` processes)."""
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,8 @@ def _replay(
     time budget when the whole would take much longer (estimated from the fold's speed)."""
     accounts: list[str] = []
     fold_rate_ = measured.fold.rate if measured.fold else 0.0
-    expected = measured.published / max(1.0, fold_rate_ * REPLAY_SHARE_OF_FOLD)
+    replay_rate_ = fold_rate_ * REPLAY_SHARE_OF_FOLD * default_jobs()
+    expected = measured.published / max(1.0, replay_rate_)
     if only_ours or expected > REPLAY_BUDGET_SECONDS:
         share = min(1.0, REPLAY_BUDGET_SECONDS / expected) if expected else 1.0
         accounts = measured.accounts[: max(1, round(share * len(measured.accounts)))]
