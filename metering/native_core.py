@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -53,6 +54,11 @@ def platform_tag() -> str:
     return f"{sys.implementation.cache_tag}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
+def group_library(build_dir: Path = BUILD_DIR) -> Path:
+    """The build's shared library of the compiled modules, for this interpreter."""
+    return build_dir / f"{GROUP}__mypyc{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+
 def unusable(build_dir: Path = BUILD_DIR, core_dir: Path = CORE_DIR) -> str | None:
     """Why the build in `build_dir` must not be used for the sources in `core_dir` (None:
     it may)."""
@@ -65,6 +71,8 @@ def unusable(build_dir: Path = BUILD_DIR, core_dir: Path = CORE_DIR) -> str | No
     platform = platform_tag()
     if manifest.get("platform") != platform:
         return f"built for {manifest.get('platform')}, this is {platform}"
+    if not group_library(build_dir).exists():
+        return f"not built: no {group_library(build_dir).name} (make install builds it)"
     changed = sorted(
         name
         for name, digest in sources(core_dir).items()
@@ -80,10 +88,25 @@ def activate(core_path: list[str]) -> str | None:
     returns why not otherwise (see `unusable`)."""
     reason = unusable()
     if reason is None:
+        _load_group_library()
         core_path.insert(0, str(BUILD_DIR / "metering" / "core"))
-        if str(BUILD_DIR) not in sys.path:
-            sys.path.append(str(BUILD_DIR))  # the group's shared library, a top-level module
     return reason
+
+
+def _load_group_library(build_dir: Path = BUILD_DIR) -> None:
+    """The compiled modules import their shared library as a top-level module: load it from
+    its file. The build is not put on `sys.path`: a process spawned from this one starts
+    with this `sys.path`, and there the build's `metering/` directory would be found as the
+    package (a namespace without its sources) ahead of the editable install's finder."""
+    name = f"{GROUP}__mypyc"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, group_library(build_dir))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
 
 
 def build(build_dir: Path = BUILD_DIR) -> None:

@@ -48,6 +48,11 @@ def test_a_build_is_used_only_for_the_sources_it_was_built_from(
     platform = native_core.platform_tag()
     manifest = {"platform": platform, "sources": native_core.sources(core)}
     (build / native_core.MANIFEST).write_text(json.dumps(manifest))
+    library = native_core.group_library(build)
+    assert native_core.unusable(build, core) == (
+        f"not built: no {library.name} (make install builds it)"
+    )
+    library.write_bytes(b"")
     assert native_core.unusable(build, core) is None
 
     (core / "fold.py").write_text((core / "fold.py").read_text() + "\n# an edited rule\n")
@@ -136,3 +141,28 @@ def test_the_compiled_core_folds_as_the_source_does(tmp_path: Path) -> None:
         assert compiled == expected[account], account
         kinds |= {r.event_type for r in results}
     assert {"CreditsDeducted", "SeatStatusChanged", "PackExpired"} <= kinds
+
+
+_SPAWNED_IMPORT = """
+import concurrent.futures, multiprocessing
+import metering.core
+from metering.core.money import to_decimal_string
+if __name__ == "__main__":
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, spawn) as pool:
+        print(pool.submit(to_decimal_string, 3_180_000).result(), metering.core.NATIVE)
+"""
+
+
+def test_a_spawned_process_finds_the_package_as_its_parent_did(tmp_path: Path) -> None:
+    """A spawned process (the replay's) starts with its parent's `sys.path`: the build must
+    not be on it, where its `metering/` directory would stand for the package (found by the
+    editable install, not on `sys.path`, in a directory other than the clone's)."""
+    script = tmp_path / "spawns.py"
+    script.write_text(_SPAWNED_IMPORT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["3.18", str(metering.core.NATIVE)]
