@@ -162,7 +162,9 @@ async def replay(
 
 def default_jobs() -> int:
     """One process per CPU this process may run on, at most `MAX_JOBS`."""
-    return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0))))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    return max(1, min(MAX_JOBS, cpus))
 
 
 async def _replay_log(

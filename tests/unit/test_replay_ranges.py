@@ -1,11 +1,15 @@
-"""How a replay of the archive shares its accounts among processes (`replay.account_ranges`)."""
+"""How a replay of the archive shares its accounts among processes (`replay.account_ranges`),
+and how many it starts by default."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering.replay import account_ranges
+from metering.replay import MAX_JOBS, account_ranges, default_jobs
 
 per_accounts = st.lists(st.integers(1, 1_000), max_size=60).map(
     lambda counts: [(f"acct-{i:03}", events) for i, events in enumerate(counts)]
@@ -36,3 +40,17 @@ def test_equal_accounts_are_shared_evenly_and_a_busy_one_stands_alone() -> None:
     skewed = [("a", 1), ("b", 100), ("c", 1), ("d", 1)]
     assert account_ranges(skewed, 2) == [("a", "b"), ("c", "d")]
     assert account_ranges([], 4) == []
+
+
+def test_a_replay_takes_a_process_per_cpu_it_may_use_at_most_four(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    assert default_jobs() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)), raising=False)
+    assert default_jobs() == MAX_JOBS == 4
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # not Linux
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert default_jobs() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_jobs() == 2
