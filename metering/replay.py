@@ -149,7 +149,7 @@ async def replay(
     except asyncpg.UndefinedTableError as error:
         raise ReplayError(f"DATABASE_URL: the ledger's tables are missing ({error})") from None
     except (asyncpg.PostgresError, OSError) as error:
-        raise ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}") from None
+        raise _database_failed(error) from None
     except LogReadError as error:
         raise ReplayError(str(error)) from None
     except BrokenProcessPool as error:
@@ -307,10 +307,15 @@ async def _replay_range(
             log = archive_accounts(conn, scope.accounts, scope.until, between)
             seen = await _replay_log(conn, scope.card, log, report, scope.as_of, count, 0)
     except (asyncpg.PostgresError, OSError) as error:
-        raise ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}") from None
+        raise _database_failed(error) from None
     finally:
         await conn.close()
     return report, seen
+
+
+def _database_failed(error: Exception) -> ReplayError:
+    """What a replay, or one of its processes, says when PostgreSQL fails under it."""
+    return ReplayError(f"DATABASE_URL: PostgreSQL failed during the replay: {error}")
 
 
 async def connect(database_url: str) -> asyncpg.Connection:
